@@ -1,0 +1,237 @@
+"""The residual U-Net: an encoder and a decoder of residual stages joined by concatenated long skips."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution
+
+from monai_resunet.networks.blocks import ResidualStage, ResUpBlock, _as_tuple, max_pool
+
+__all__ = ["ResUNet", "RESUNET_PRESETS"]
+
+# Named configurations. Counts are trainable parameters for spatial_dims=3 (2D in brackets), in_channels=1,
+# out_channels=2; ``tests/test_resunet.py`` recomputes every one of them, so they cannot go stale silently.
+RESUNET_PRESETS: dict[str, dict] = {
+    # The Keras res_unet (2019): 5 levels, one basic block per level, batch norm, max-pool, nearest
+    # up-sampling + 2×2 conv. 2D 32,435,138 parameters, as the Keras model (3D 91,697,218).
+    "seed": {"features": (64, 128, 256, 512, 1024)},
+    # A ResNet-34 encoder (3, 4, 6, 3 basic blocks after a one-block stem), strided-conv down-sampling,
+    # one block per decoder level: 3D 72,049,186 (2D 24,498,146).
+    "resnet34": {
+        "features": (32, 64, 128, 256, 512),
+        "encoder_blocks": (1, 3, 4, 6, 3),
+        "downsample": "conv",
+    },
+    # A ResNet-50 encoder (3, 4, 6, 3 bottleneck blocks, widths ×4): 3D 74,443,090 (2D 39,175,506).
+    "resnet50": {
+        "features": (64, 256, 512, 1024, 2048),
+        "encoder_blocks": (1, 3, 4, 6, 3),
+        "block": "bottleneck",
+        "downsample": "conv",
+    },
+    # nnU-Net ResEnc-M-like: 6 levels, (1, 3, 4, 6, 6, 6) basic blocks, instance norm + leaky ReLU, strided
+    # down-sampling, transposed-conv up-sampling: 3D 107,917,538 (2D 36,708,002).
+    "resenc": {
+        "features": (32, 64, 128, 256, 320, 320),
+        "encoder_blocks": (1, 3, 4, 6, 6, 6),
+        "norm": ("instance", {"affine": True}),
+        "act": ("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
+        "downsample": "conv",
+        "upsample": "deconv",
+    },
+}
+
+
+class ResUNet(nn.Module):
+    """Residual U-Net for 2D and 3D segmentation.
+
+    Every level of the encoder and the decoder is a stage of residual blocks (3×3 convolutions with same
+    padding, so nothing is ever cropped; 1×1 projection shortcuts where the channels change). Between encoder
+    levels the resolution is halved by max-pooling (the seed's) or by a stride-2 first block; the decoder
+    up-samples ×2 (interpolation + convolution by default, so no checkerboard), concatenates the long skip
+    and runs its residual stage. Inputs whose size is not divisible by ``2 ** (levels - 1)`` are padded
+    inside the network and the output is cropped back, so the output always has the input's size.
+
+    With ``features=(64, 128, 256, 512, 1024)`` and every other argument left at its default this is the
+    seed Keras ``res_unet`` (2D: 32,435,138 trainable parameters). See ``RESUNET_PRESETS`` and
+    :meth:`from_preset` for ResNet-34/50 and nnU-Net ResEnc-like configurations.
+
+    Args:
+        spatial_dims: number of spatial dimensions, 2 or 3.
+        in_channels: number of input channels.
+        out_channels: number of output channels (classes, background included).
+        features: channels of each level, top (full resolution) first; its length is the number of levels
+            (at least 2).
+        encoder_blocks: residual blocks per encoder level (an int for all levels, or one per level).
+        decoder_blocks: residual blocks per decoder level (an int, or one per decoder level, top first).
+        block: ``"basic"`` (ResNet-18/34) or ``"bottleneck"`` (ResNet-50/101, expansion 4).
+        norm: MONAI norm type and arguments, e.g. ``"batch"``, ``("instance", {"affine": True})``,
+            ``("group", {"num_groups": 8})``.
+        act: MONAI activation type and arguments.
+        dropout: dropout rate (or MONAI dropout tuple) inside the residual blocks; ``None`` for none.
+        bias: whether convolutions have a bias (the seed's conv bias + batch norm); projection shortcuts never do.
+        downsample: ``"maxpool"`` (the seed's) or ``"conv"`` (stride-2 first block of each level).
+        upsample: ``"nontrainable"`` (interpolation + conv, default), ``"deconv"`` (transposed conv) or
+            ``"pixelshuffle"``.
+        up_kernel_size: kernel of the convolution after interpolation (the seed's 2).
+        interp_mode: interpolation of the ``"nontrainable"`` up-sampling, ``"nearest"`` (Keras' default) or
+            ``"linear"``.
+        projection: ``"auto"`` (identity shortcut when the shape is kept) or ``"always"``.
+        deep_supervision: in training mode, also return the 1×1-conv outputs of the ``deep_supr_num`` coarser
+            decoder levels, interpolated to full size and stacked on dim 1 (MONAI ``DynUNet``'s convention:
+            shape ``(B, 1 + deep_supr_num, out_channels, *spatial)``; unbind it for ``DeepSupervisionLoss``).
+            In eval mode only the final output is returned.
+        deep_supr_num: number of extra deep-supervision outputs (at most ``levels - 2``).
+
+    Example::
+
+        net = ResUNet(spatial_dims=3, in_channels=1, out_channels=3, features=(16, 32, 64, 128))
+        y = net(torch.rand(2, 1, 40, 50, 30))  # (2, 3, 40, 50, 30)
+        seed = ResUNet(2, 1, 2, features=(64, 128, 256, 512, 1024))  # the Keras res_unet
+        r34 = ResUNet.from_preset("resnet34", spatial_dims=3, in_channels=1, out_channels=4)
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        features: Sequence[int] = (32, 64, 128, 256, 320),
+        encoder_blocks: Sequence[int] | int = 1,
+        decoder_blocks: Sequence[int] | int = 1,
+        block: str = "basic",
+        norm: tuple | str = "batch",
+        act: tuple | str = "relu",
+        dropout: tuple | str | float | None = None,
+        bias: bool = True,
+        downsample: str = "maxpool",
+        upsample: str = "nontrainable",
+        up_kernel_size: int = 2,
+        interp_mode: str = "nearest",
+        projection: str = "auto",
+        deep_supervision: bool = False,
+        deep_supr_num: int = 1,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        features = tuple(features)
+        levels = len(features)
+        if levels < 2:
+            raise ValueError(f"features needs at least 2 levels, got {features}.")
+        if downsample not in ("maxpool", "conv"):
+            raise ValueError(f"downsample must be 'maxpool' or 'conv', got {downsample!r}.")
+        if deep_supervision and not 1 <= deep_supr_num <= levels - 2:
+            raise ValueError(f"deep_supr_num must be in [1, {levels - 2}] for {levels} levels, got {deep_supr_num}.")
+        enc_blocks = _as_tuple(encoder_blocks, levels, "encoder_blocks")
+        dec_blocks = _as_tuple(decoder_blocks, levels - 1, "decoder_blocks")
+        block_args = {"block": block, "norm": norm, "act": act, "dropout": dropout, "bias": bias}
+        block_args["projection"] = projection
+
+        self.spatial_dims = spatial_dims
+        self.divisor = 2 ** (levels - 1)
+        # pools[0] is the identity so that encoder level i runs ``stage(pool(x))`` for every i (scriptable)
+        self.pools = nn.ModuleList(
+            [nn.Identity()]
+            + [max_pool(spatial_dims) if downsample == "maxpool" else nn.Identity() for _ in range(levels - 1)]
+        )
+        stride = 1 if downsample == "maxpool" else 2
+        self.encoder = nn.ModuleList(
+            [
+                ResidualStage(spatial_dims, in_ch, out_ch, n, stride=1 if i == 0 else stride, **block_args)
+                for i, (in_ch, out_ch, n) in enumerate(zip((in_channels,) + features[:-1], features, enc_blocks))
+            ]
+        )
+        # the decoder runs coarsest first: decoder[j] produces level ``levels - 2 - j`` from the level below
+        self.decoder = nn.ModuleList(
+            [
+                ResUpBlock(
+                    spatial_dims, features[i + 1], features[i], features[i], dec_blocks[i],
+                    upsample=upsample, up_kernel_size=up_kernel_size, interp_mode=interp_mode, **block_args,
+                )
+                for i in reversed(range(levels - 1))
+            ]
+        )  # fmt: skip
+        self.head = Convolution(spatial_dims, features[0], out_channels, kernel_size=1, conv_only=True, bias=True)
+        self.deep_supervision = deep_supervision
+        self.deep_heads = nn.ModuleList(
+            [
+                Convolution(spatial_dims, features[i], out_channels, kernel_size=1, conv_only=True, bias=True)
+                for i in range(1, deep_supr_num + 1)
+            ]
+            if deep_supervision
+            else []
+        )
+        self._init_weights()
+
+    @classmethod
+    def from_preset(cls, name: str, spatial_dims: int, in_channels: int, out_channels: int, **overrides) -> ResUNet:
+        """Build a named configuration from ``RESUNET_PRESETS``; ``overrides`` replace any of its arguments.
+
+        Trainable parameters with ``in_channels=1, out_channels=2``:
+
+        ============  ===========  ===========
+        preset        2D           3D
+        ============  ===========  ===========
+        ``seed``      32,435,138   91,697,218
+        ``resnet34``  24,498,146   72,049,186
+        ``resnet50``  39,175,506   74,443,090
+        ``resenc``    36,708,002   107,917,538
+        ============  ===========  ===========
+
+        Example::
+
+            net = ResUNet.from_preset("resnet34", spatial_dims=3, in_channels=1, out_channels=4, norm="instance")
+        """
+        if name not in RESUNET_PRESETS:
+            raise ValueError(f"unknown ResUNet preset {name!r}; choose one of {sorted(RESUNET_PRESETS)}.")
+        kwargs = {**RESUNET_PRESETS[name], **overrides}
+        return cls(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **kwargs)
+
+    def _init_weights(self) -> None:
+        # He initialisation for ReLU-family networks (Keras' seed used Glorot; He trains deeper stacks better).
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def _pad_to_divisor(self, x: torch.Tensor) -> torch.Tensor:
+        pad: list[int] = []
+        for size in x.shape[2:][::-1]:  # F.pad takes the last dimension first
+            pad += [0, (self.divisor - size % self.divisor) % self.divisor]
+        if sum(pad) == 0:
+            return x
+        return F.pad(x, pad)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        in_shape = x.shape
+        x = self._pad_to_divisor(x)
+        skips: list[torch.Tensor] = []
+        for pool, stage in zip(self.pools, self.encoder):
+            x = stage(pool(x))
+            skips.append(x)
+        skips.pop()  # the bottom level feeds the decoder directly
+        decoded: list[torch.Tensor] = []
+        for up in self.decoder:
+            x = up(x, skips.pop())
+            decoded.append(x)
+        out = self.head(x)
+        if self.training and self.deep_supervision:
+            outputs = [self._crop(out, in_shape)]
+            for i, head in enumerate(self.deep_heads):  # finest first: decoded[-2] is one level below the top
+                y = F.interpolate(head(decoded[-2 - i]), size=out.shape[2:], mode="nearest")
+                outputs.append(self._crop(y, in_shape))
+            return torch.stack(outputs, dim=1)
+        return self._crop(out, in_shape)
+
+    @staticmethod
+    def _crop(x: torch.Tensor, shape: list[int]) -> torch.Tensor:
+        for d in range(2, x.dim()):
+            if x.shape[d] != shape[d]:
+                x = x.narrow(d, 0, shape[d])
+        return x

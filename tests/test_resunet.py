@@ -1,0 +1,158 @@
+"""ResUNet: shapes, parameter counts, gradients, determinism, deep supervision, TorchScript and ONNX export."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from monai_resunet import ResUNet
+from monai_resunet.networks import RESUNET_PRESETS, ResidualBasicBlock, ResidualBottleneckBlock
+
+
+def n_params(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)
+
+
+SHAPE_CASES = [
+    # spatial_dims, features, block, downsample, upsample, encoder_blocks, decoder_blocks, input spatial size
+    (2, (8, 16), "basic", "maxpool", "nontrainable", 1, 1, (32, 32)),
+    (2, (8, 16, 32, 64, 128), "basic", "maxpool", "nontrainable", 1, 1, (64, 48)),
+    (2, (8, 16, 32, 64), "bottleneck", "conv", "deconv", (1, 2, 2, 1), 2, (33, 47)),
+    (2, (8, 16, 32), "basic", "conv", "pixelshuffle", 2, (1, 2), (17, 21)),
+    (3, (4, 8, 16), "basic", "maxpool", "nontrainable", 1, 1, (16, 16, 16)),
+    (3, (4, 8, 16, 32), "bottleneck", "maxpool", "deconv", 2, 1, (19, 22, 17)),
+    (3, (4, 8, 16, 32), "basic", "conv", "pixelshuffle", (1, 2, 1, 1), 1, (9, 24, 13)),
+]
+
+
+@pytest.mark.parametrize("dims,features,block,down,up,enc,dec,size", SHAPE_CASES)
+def test_output_shape_equals_input_shape(dims, features, block, down, up, enc, dec, size):
+    net = ResUNet(
+        dims, 2, 3, features=features, block=block, downsample=down, upsample=up,
+        encoder_blocks=enc, decoder_blocks=dec,
+    )  # fmt: skip
+    out = net(torch.rand(2, 2, *size))
+    assert out.shape == (2, 3, *size)
+
+
+@pytest.mark.parametrize("norm", ["batch", ("instance", {"affine": True}), ("group", {"num_groups": 4})])
+def test_norms_and_dropout(norm):
+    net = ResUNet(3, 1, 2, features=(8, 16, 32), norm=norm, dropout=0.2, act=("leakyrelu", {"negative_slope": 0.01}))
+    assert net(torch.rand(2, 1, 16, 16, 16)).shape == (2, 2, 16, 16, 16)
+
+
+def test_seed_default_is_the_keras_res_unet():
+    net = ResUNet(spatial_dims=2, in_channels=1, out_channels=2, features=(64, 128, 256, 512, 1024))
+    assert n_params(net) == 32_435_138
+    # the seed's pieces: one basic block per level, max-pool, 1×1 bias-free projection shortcuts
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in net.modules()) == 4
+    blocks = [m for m in net.modules() if isinstance(m, ResidualBasicBlock)]
+    assert len(blocks) == 9
+    assert all(b.shortcut.conv.bias is None and b.shortcut.conv.kernel_size == (1, 1) for b in blocks)
+    assert n_params(ResUNet.from_preset("seed", 2, 1, 2)) == 32_435_138
+
+
+@pytest.mark.parametrize(
+    "name,dims,expected",
+    [
+        ("seed", 3, 91_697_218),
+        ("resnet34", 2, 24_498_146),
+        ("resnet34", 3, 72_049_186),
+        ("resnet50", 2, 39_175_506),
+        ("resnet50", 3, 74_443_090),
+        ("resenc", 2, 36_708_002),
+        ("resenc", 3, 107_917_538),
+    ],
+)
+def test_preset_parameter_counts_match_docs(name, dims, expected):
+    # the numbers are the ones printed in ``ResUNet.from_preset``'s docstring and in RESUNET_PRESETS' comments
+    assert n_params(ResUNet.from_preset(name, dims, 1, 2)) == expected
+    assert f"{expected:,}" in ResUNet.from_preset.__doc__
+
+
+def test_presets_are_what_they_say():
+    r34 = ResUNet.from_preset("resnet34", 2, 1, 2)
+    assert [len(stage) for stage in r34.encoder] == [1, 3, 4, 6, 3]
+    r50 = ResUNet.from_preset("resnet50", 2, 1, 2)
+    assert any(isinstance(m, ResidualBottleneckBlock) for m in r50.modules())
+    with pytest.raises(ValueError, match="unknown ResUNet preset"):
+        ResUNet.from_preset("resnet1000", 2, 1, 2)
+    assert set(RESUNET_PRESETS) >= {"seed", "resnet34", "resnet50"}
+
+
+def test_identity_shortcut_when_shape_kept_and_projection_always():
+    net = ResUNet(2, 1, 2, features=(8, 16), encoder_blocks=2)
+    second = net.encoder[0][1]
+    assert isinstance(second.shortcut, torch.nn.Identity)
+    always = ResUNet(2, 1, 2, features=(8, 16), encoder_blocks=2, projection="always")
+    assert not isinstance(always.encoder[0][1].shortcut, torch.nn.Identity)
+
+
+def test_gradients_reach_the_input():
+    net = ResUNet(3, 1, 2, features=(4, 8, 16), encoder_blocks=2)
+    x = torch.rand(1, 1, 12, 12, 12, requires_grad=True)
+    net(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_eval_mode_is_deterministic():
+    net = ResUNet(2, 1, 2, features=(8, 16, 32), dropout=0.5).eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(net(x), net(x))
+
+
+def test_deep_supervision_outputs():
+    net = ResUNet(3, 1, 3, features=(4, 8, 16, 32), deep_supervision=True, deep_supr_num=2)
+    x = torch.rand(2, 1, 18, 20, 16)
+    out = net.train()(x)
+    assert out.shape == (2, 3, 3, 18, 20, 16)  # (B, 1 + deep_supr_num, C, *spatial), DynUNet's layout
+    assert not torch.equal(out[:, 0], out[:, 1])
+    assert net.eval()(x).shape == (2, 3, 18, 20, 16)
+    with pytest.raises(ValueError, match="deep_supr_num"):
+        ResUNet(3, 1, 3, features=(4, 8, 16), deep_supervision=True, deep_supr_num=2)
+
+
+def test_invalid_arguments_are_named():
+    with pytest.raises(ValueError, match="at least 2 levels"):
+        ResUNet(2, 1, 2, features=(8,))
+    with pytest.raises(ValueError, match="encoder_blocks needs 3 values"):
+        ResUNet(2, 1, 2, features=(8, 16, 32), encoder_blocks=(1, 2))
+    with pytest.raises(ValueError, match="upsample"):
+        ResUNet(2, 1, 2, features=(8, 16), upsample="magic")
+    with pytest.raises(ValueError, match="block must be one of"):
+        ResUNet(2, 1, 2, features=(8, 16), block="dense")
+    with pytest.raises(ValueError, match="divisible by expansion"):
+        ResUNet(2, 1, 2, features=(6, 16), block="bottleneck")
+
+
+@pytest.mark.parametrize("dims,size", [(2, (37, 30)), (3, (19, 16, 21))])
+def test_torchscript_matches_eager(dims, size):
+    net = ResUNet(dims, 1, 2, features=(4, 8, 16), deep_supervision=True).eval()
+    x = torch.rand(1, 1, *size)
+    scripted = torch.jit.script(net)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), net(x))
+        traced = torch.jit.trace(net, x)
+        torch.testing.assert_close(traced(x), net(x))
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None,
+    reason="ONNX export check needs the 'export' extra (onnx, onnxruntime): pip install monai_resunet[export]",
+)
+@pytest.mark.parametrize("dims,size,up", [(2, (32, 40), "nontrainable"), (3, (16, 16, 16), "deconv")])
+def test_onnx_export_matches_eager(tmp_path, dims, size, up):
+    import onnxruntime as ort
+
+    net = ResUNet(dims, 1, 2, features=(4, 8, 16), upsample=up).eval()
+    x = torch.rand(1, 1, *size)
+    path = tmp_path / "resunet.onnx"
+    torch.onnx.export(net, (x,), str(path), input_names=["image"], output_names=["logits"], dynamo=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (onnx_out,) = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(onnx_out), net(x), rtol=1e-4, atol=1e-4)
