@@ -1,0 +1,1 @@
+"""Data: MSD ``dataset.json`` datalists and splits, the DICOM series reader, demo data."""
