@@ -1,1 +1,11 @@
 """Data: MSD ``dataset.json`` datalists and splits, the DICOM series reader, demo data."""
+
+from monai_resunet.data.datalist import (
+    list_images,
+    msd_class_names,
+    msd_datalist,
+    msd_modality,
+    msd_num_classes,
+    read_dataset_json,
+)
+from monai_resunet.data.demo import DEMO_CLASS_NAMES, make_demo_dataset

@@ -1,0 +1,6 @@
+"""Named pre-processing and augmentation chains and the modality-aware intensity transform, for bundle configs."""
+
+from monai_resunet.transforms.chains import segmentation_augmentation, segmentation_preprocessing
+from monai_resunet.transforms.intensity import NormalizeByModalityd, foreground_select_fn
+
+__all__ = ["NormalizeByModalityd", "foreground_select_fn", "segmentation_augmentation", "segmentation_preprocessing"]

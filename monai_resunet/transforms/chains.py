@@ -1,0 +1,142 @@
+"""Named transform chains shared by every bundle config (3D and 2D, train, evaluate, infer), so the
+pre-processing is written once: a deterministic part (cacheable, invertible for ``Invertd``) and a random
+augmentation part, the split the MONAI model zoo uses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai.transforms import (
+    CropForegroundd,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    Orientationd,
+    RandAffined,
+    RandCropByLabelClassesd,
+    RandFlipd,
+    RandRotate90d,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    Spacingd,
+    SpatialPadd,
+    Transform,
+)
+
+from monai_resunet.transforms.intensity import NormalizeByModalityd, foreground_select_fn
+
+__all__ = ["segmentation_preprocessing", "segmentation_augmentation"]
+
+
+def segmentation_preprocessing(
+    keys: Sequence[str] = ("image", "label"),
+    image_key: str = "image",
+    pixdim: Sequence[float] | None = (1.0, 1.0, 1.0),
+    modality: str = "MR",
+    ct_window: Sequence[float] = (-175.0, 250.0),
+    crop_foreground: bool = True,
+    pad_size: Sequence[int] | None = None,
+    reader=None,
+) -> list[Transform]:
+    """Load → channel first → RAS → resample to ``pixdim`` → crop to the body → normalise by modality → pad.
+
+    Every step is invertible, so ``Invertd`` takes predictions back to the input's own grid. Images are
+    resampled bilinearly, every other key (labels) with nearest neighbour.
+
+    Args:
+        keys: keys to load (image first, then labels if any).
+        image_key: the image key (normalised; source of the foreground crop).
+        pixdim: target voxel size in mm; ``None`` keeps the native spacing.
+        modality: ``"CT"`` (window to [0, 1]) or ``"MR"``/other (non-zero z-score).
+        ct_window: Hounsfield window for CT.
+        crop_foreground: crop to the bounding box of the body (raw intensity > 0, or > -500 HU for CT).
+        pad_size: pad (symmetrically) to at least this spatial size, so random crops never fail on small
+            volumes; ``None`` for no padding.
+        reader: image reader for ``LoadImaged`` (``None``: MONAI picks by suffix; DICOM series folders need
+            ``monai_resunet.data.DicomSeriesReader``).
+
+    Example::
+
+        pre = Compose(segmentation_preprocessing(pixdim=(1.5, 1.5, 2.0), modality="CT", pad_size=(96, 96, 96)))
+    """
+    keys = list(keys)
+    label_keys = [k for k in keys if k != image_key]
+    chain: list[Transform] = [
+        LoadImaged(keys, reader=reader, image_only=True),
+        EnsureChannelFirstd(keys),
+        Orientationd(keys, axcodes="RAS"),
+    ]
+    if pixdim is not None:
+        chain.append(Spacingd(keys, pixdim=pixdim, mode=["bilinear" if k == image_key else "nearest" for k in keys]))
+    if crop_foreground:
+        chain.append(CropForegroundd(keys, source_key=image_key, select_fn=foreground_select_fn(modality)))
+    chain.append(NormalizeByModalityd(image_key, modality=modality, ct_window=ct_window))
+    if pad_size is not None:
+        chain.append(SpatialPadd(keys, spatial_size=pad_size))
+    chain.append(EnsureTyped(image_key, dtype="float32", track_meta=True))
+    if label_keys:
+        chain.append(EnsureTyped(label_keys, dtype="uint8", track_meta=True))
+    return chain
+
+
+def segmentation_augmentation(
+    keys: Sequence[str] = ("image", "label"),
+    image_key: str = "image",
+    label_key: str = "label",
+    patch_size: Sequence[int] = (96, 96, 96),
+    num_classes: int = 2,
+    num_samples: int = 2,
+    flip: bool = True,
+    rotate90: bool = True,
+    affine_prob: float = 0.0,
+    intensity_prob: float = 0.5,
+) -> list[Transform]:
+    """Class-balanced patch sampling and augmentation for training.
+
+    ``RandCropByLabelClassesd`` centres patches on every class (background included) with equal probability,
+    which keeps small structures in view as nnU-Net's foreground oversampling does; then random flips on every
+    axis, 90° rotations in the axial plane, optional small affine (rotation ±15°, scale ±10 %), and intensity
+    scale/shift.
+
+    Args:
+        keys: image and label keys.
+        image_key: the image key (intensity augmentation).
+        label_key: the label key (patch centres).
+        patch_size: training patch size.
+        num_classes: classes in the label, background included.
+        num_samples: patches per volume per iteration.
+        flip: random flips along every spatial axis.
+        rotate90: random 90° rotations in the plane of the first two axes.
+        affine_prob: probability of a random rotation/scaling (0 disables it; it is the slowest augmentation on CPU).
+        intensity_prob: probability of each intensity augmentation.
+
+    Example::
+
+        aug = Compose(segmentation_augmentation(patch_size=(64, 64, 64), num_classes=3))
+    """
+    keys = list(keys)
+    modes = ["bilinear" if k == image_key else "nearest" for k in keys]
+    spatial_dims = len(patch_size)
+    chain: list[Transform] = [
+        RandCropByLabelClassesd(
+            keys, label_key=label_key, spatial_size=patch_size, num_classes=num_classes,
+            num_samples=num_samples, image_key=image_key, warn=False,
+        )
+    ]  # fmt: skip
+    if flip:
+        chain += [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
+    if rotate90:
+        chain.append(RandRotate90d(keys, prob=0.5, max_k=3, spatial_axes=(0, 1)))
+    if affine_prob > 0:
+        chain.append(
+            RandAffined(
+                keys, prob=affine_prob, rotate_range=[0.26] * (1 if spatial_dims == 2 else 3),
+                scale_range=[0.1] * spatial_dims, mode=modes, padding_mode="zeros",
+            )
+        )  # fmt: skip
+    if intensity_prob > 0:
+        chain += [
+            RandScaleIntensityd(image_key, factors=0.1, prob=intensity_prob),
+            RandShiftIntensityd(image_key, offsets=0.1, prob=intensity_prob),
+        ]
+    return chain
