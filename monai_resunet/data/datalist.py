@@ -26,7 +26,8 @@ def read_dataset_json(dataset_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no dataset.json. dataset_dir must be in the Medical Segmentation Decathlon layout "
-            "(dataset.json with a 'training' list, imagesTr/, labelsTr/); run pipelines/make_demo_data.py for an example."
+            "(dataset.json with a 'training' list, imagesTr/, labelsTr/); "
+            "pipelines/make_demo_data.py writes an example."
         )
     try:
         return json.loads(path.read_text())

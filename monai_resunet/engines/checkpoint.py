@@ -18,7 +18,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
-__all__ = ["ResumableCheckpoint", "atomic_torch_save", "as_bool"]
+__all__ = ["ResumableCheckpoint", "atomic_torch_save", "as_bool", "require_checkpoint"]
 
 logger = logging.getLogger("monai_resunet")
 
@@ -129,3 +129,15 @@ class ResumableCheckpoint:
                 obj = obj.module
             state[key] = obj.state_dict()
         atomic_torch_save(state, self.path)
+
+
+def require_checkpoint(path: str | os.PathLike) -> str:
+    """``path`` if it is a file; otherwise a clear error saying how to get trained weights (used by the bundles'
+    inference configs before ``CheckpointLoader`` would fail inside ``torch.load``)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"{path}: no trained weights. Train the bundle first "
+            "(python -m monai.bundle run training --config_file <bundle>/configs/train.json --dataset_dir DIR) "
+            "or put a model.pt there; set load_pretrain false to run untrained."
+        )
+    return str(path)

@@ -1,0 +1,42 @@
+"""Shared fixtures: a small synthetic MSD dataset and throw-away copies of the bundles."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from monai_resunet.data import make_demo_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLES = REPO / "bundles"
+
+# Overrides that keep a bundle run to seconds on 2 CPU cores: a tiny network, small patches, no workers.
+FAST_3D = {
+    "patch_size": [32, 32, 32],
+    "pixdim": [1.5, 1.5, 1.5],
+    "num_workers": 0,
+    "network_def#features": [8, 16, 32],
+    "network_def#encoder_blocks": 1,
+}
+
+
+@pytest.fixture(scope="session")
+def msd_dataset(tmp_path_factory) -> Path:
+    """6 labelled + 2 test cases of 40×40×32 voxels, anisotropic rotated affines, MR, 3 classes."""
+    return make_demo_dataset(tmp_path_factory.mktemp("msd"), num_train=6, num_test=2, size=(40, 40, 32), seed=1)
+
+
+def copy_bundle(name: str, dest: Path) -> Path:
+    """A copy of ``bundles/<name>`` without trained outputs, so tests never write into the repository."""
+    target = dest / name
+    shutil.copytree(
+        BUNDLES / name, target, ignore=shutil.ignore_patterns("*.pt", "*.ts", "eval", "model_properties.json")
+    )
+    return target
+
+
+@pytest.fixture
+def bundle3d(tmp_path) -> Path:
+    return copy_bundle("resunet3d_segmentation", tmp_path)

@@ -1,0 +1,214 @@
+"""The 3D bundle, model-zoo style: properties, metadata, train → evaluate → infer through ConfigWorkflow and the
+MONAI bundle CLI, output geometry, resume after ``kill -9``, determinism, DDP with two CPU processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from conftest import FAST_3D, REPO
+
+NAME = "resunet3d_segmentation"
+
+
+def epochs_done(checkpoint: Path) -> int:
+    trainer = torch.load(checkpoint, weights_only=True)["trainer"]  # ignite keeps iteration and epoch_length
+    return trainer["iteration"] // trainer["epoch_length"]
+
+
+def cli_overrides(overrides: dict) -> list[str]:
+    args = []
+    for key, value in overrides.items():
+        args += [f"--{key}", json.dumps(value) if not isinstance(value, str) else value]
+    return args
+
+
+def run_cli(bundle: Path, run_id: str | None, configs: list[str], overrides: dict, timeout=300, **popen):
+    config_arg = (
+        str(bundle / "configs" / configs[0])
+        if len(configs) == 1
+        else str([str(bundle / "configs" / c) for c in configs])
+    )
+    cmd = [sys.executable, "-m", "monai.bundle", "run"] + ([run_id] if run_id else [])
+    cmd += ["--config_file", config_arg] + cli_overrides(overrides)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, **popen)
+
+
+def workflow(bundle: Path, configs: list[str], workflow_type: str, **overrides) -> ConfigWorkflow:
+    files = [str(bundle / "configs" / c) for c in configs]
+    return ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        workflow_type=workflow_type,
+        bundle_root=str(bundle),
+        **overrides,
+    )
+
+
+def test_check_properties(bundle3d, msd_dataset):
+    train = workflow(bundle3d, ["train.json"], "train", dataset_dir=str(msd_dataset))
+    train.initialize()
+    assert not train.check_properties()
+    infer = workflow(bundle3d, ["inference.json"], "infer", dataset_dir=str(msd_dataset), load_pretrain=False)
+    infer.initialize()
+    assert not infer.check_properties()
+    untrained = workflow(bundle3d, ["inference.json"], "infer", dataset_dir=str(msd_dataset))
+    with pytest.raises(RuntimeError) as err:
+        untrained.initialize()
+    assert "no trained weights" in str(err.value.__cause__)
+
+
+def test_metadata_verifies_against_shipped_schema(bundle3d, tmp_path):
+    from monai.bundle import verify_metadata
+
+    schema = REPO / "bundles" / "meta_schema_20240725.json"
+    meta = json.loads((bundle3d / "configs" / "metadata.json").read_text())
+    assert meta["schema"].endswith("/" + schema.name)  # the shipped file is the one the URL names
+    assert "required_packages_version" in meta and "optional_packages_version" not in meta
+    verify_metadata(meta_file=str(bundle3d / "configs" / "metadata.json"), filepath=str(schema))
+    meta["optional_packages_version"] = {}
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(meta))
+    with pytest.raises(ValueError):
+        verify_metadata(meta_file=str(bad), filepath=str(schema))
+
+
+def test_inference_network_matches_training_network():
+    # inference.json re-spells network_def (model-zoo convention); it must stay identical to train.json's
+    train = json.loads((REPO / "bundles" / NAME / "configs" / "train.json").read_text())["network_def"]
+    infer = json.loads((REPO / "bundles" / NAME / "configs" / "inference.json").read_text())["network_def"]
+    assert train == infer
+
+
+def test_train_evaluate_infer_workflows(bundle3d, msd_dataset):
+    overrides = {**FAST_3D, "dataset_dir": str(msd_dataset), "epochs": 1}
+    train = workflow(bundle3d, ["train.json"], "train", **overrides)
+    train.initialize()
+    train.run()
+    train.finalize()
+    models = bundle3d / "models"
+    assert (models / "model.pt").is_file() and (models / "last_state.pt").is_file()
+    state = torch.load(models / "last_state.pt", weights_only=True)
+    assert (
+        set(state) >= {"network", "optimizer", "lr_scheduler", "trainer"} and epochs_done(models / "last_state.pt") == 1
+    )
+    assert (bundle3d / "eval" / "curves.png").is_file()
+    props = json.loads((models / "model_properties.json").read_text())
+    assert props["class_names"] == ["background", "dim_sphere", "bright_sphere"] and props["patch_size"] == [32, 32, 32]
+
+    evaluate = workflow(bundle3d, ["train.json", "evaluate.json"], "eval", **overrides)
+    evaluate.initialize()
+    evaluate.run()
+    evaluate.finalize()
+    raw = (bundle3d / "eval" / "val_mean_dice_raw.csv").read_text().splitlines()
+    assert len(raw) >= 2  # header + one row per validation case
+    for name in ("val_hd95_summary.csv", "val_surface_distance_summary.csv", "metrics.csv"):
+        assert (bundle3d / "eval" / name).is_file()
+
+    out = bundle3d / "predictions"
+    infer = workflow(
+        bundle3d, ["inference.json"], "infer", dataset_dir=str(msd_dataset), output_dir=str(out),
+        **{k: v for k, v in FAST_3D.items() if k.startswith("network_def")},
+    )  # fmt: skip
+    infer.initialize()
+    infer.run()
+    infer.finalize()
+    for image in sorted((msd_dataset / "imagesTs").glob("*.nii.gz")):
+        pred = nib.load(out / image.name.replace(".nii.gz", "_seg.nii.gz"))
+        src = nib.load(image)
+        assert pred.shape == src.shape
+        np.testing.assert_allclose(pred.affine, src.affine, atol=1e-4)
+        assert pred.get_data_dtype() == np.uint8
+        assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
+
+
+def test_cli_train_then_infer_on_anisotropic_shifted_grid(bundle3d, msd_dataset, tmp_path):
+    overrides = {**FAST_3D, "dataset_dir": str(msd_dataset), "epochs": 1}
+    result = run_cli(bundle3d, "training", ["train.json"], overrides)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (bundle3d / "models" / "model.pt").is_file()
+
+    # a scan with strongly anisotropic voxels, an oblique direction and a far-off origin, in its own folder
+    rng = np.random.RandomState(0)
+    affine = np.array([[0.0, -0.7, 0.1, 120.0], [0.8, 0.0, 0.0, -45.5], [0.0, 0.05, 3.0, 300.25], [0, 0, 0, 1]])
+    test_dir = tmp_path / "scans"
+    (test_dir / "imagesTs").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(rng.rand(37, 29, 11).astype(np.float32), affine), test_dir / "imagesTs" / "odd.nii.gz")
+    out = tmp_path / "out"
+    net_overrides = {k: v for k, v in FAST_3D.items() if k.startswith("network_def")}
+    result = run_cli(
+        bundle3d, None, ["inference.json"], {"dataset_dir": str(test_dir), "output_dir": str(out), **net_overrides}
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    pred = nib.load(out / "odd_seg.nii.gz")
+    assert pred.shape == (37, 29, 11)
+    np.testing.assert_allclose(pred.affine, affine, atol=1e-4)
+
+
+def test_resume_after_kill_9(bundle3d, msd_dataset):
+    overrides = {**FAST_3D, "dataset_dir": str(msd_dataset), "epochs": 3, "val_interval": 3}
+    last = bundle3d / "models" / "last_state.pt"
+    config = str(bundle3d / "configs" / "train.json")
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config, *cli_overrides(overrides)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while not last.is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # kill -9, mid-training
+    proc.wait()
+    assert last.is_file(), "no last-state checkpoint was written before the kill"
+    done = epochs_done(last)
+    assert 1 <= done <= 3
+
+    result = run_cli(bundle3d, "training", ["train.json"], {**overrides, "resume": "true"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    if done < 3:
+        assert f"resumed from {last}: epoch {done} done, continuing at epoch {done + 1} of 3" in log
+    assert epochs_done(last) == 3  # same epoch count as an uninterrupted run
+    history = json.loads((bundle3d / "eval" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+
+def test_two_seeded_cpu_runs_give_identical_weights(tmp_path, msd_dataset):
+    from conftest import copy_bundle
+
+    weights = []
+    for run in ("a", "b"):
+        bundle = copy_bundle(NAME, tmp_path / run)
+        wf = workflow(bundle, ["train.json"], "train", **{**FAST_3D, "dataset_dir": str(msd_dataset), "epochs": 2})
+        wf.initialize()
+        wf.run()
+        wf.finalize()
+        weights.append(torch.load(bundle / "models" / "last_state.pt", weights_only=True)["network"])
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key
+
+
+def test_ddp_two_cpu_processes(bundle3d, msd_dataset):
+    overrides = {**FAST_3D, "dataset_dir": str(msd_dataset), "epochs": 1}
+    configs = str([str(bundle3d / "configs" / "train.json"), str(bundle3d / "configs" / "multi_gpu_train.json")])
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+        "-m", "monai.bundle", "run", "training", "--config_file", configs, *cli_overrides(overrides),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    state = torch.load(bundle3d / "models" / "last_state.pt", weights_only=True)
+    assert epochs_done(bundle3d / "models" / "last_state.pt") == 1
+    assert not any(k.startswith("module.") for k in state["network"])  # saved unwrapped: loads without DDP
+    # metrics are logged by rank 0 only
+    assert (result.stdout + result.stderr).count("Key metric: val_mean_dice best value") == 1
