@@ -21,6 +21,15 @@ FAST_3D = {
     "network_def#encoder_blocks": 1,
 }
 
+FAST_2D = {
+    "patch_size": [32, 32],
+    "pixdim": [1.5, 1.5, -1.0],
+    "num_workers": 0,
+    "num_samples": 4,
+    "network_def#features": [8, 16, 32],
+    "network_def#encoder_blocks": 1,
+}
+
 
 @pytest.fixture(scope="session")
 def msd_dataset(tmp_path_factory) -> Path:
@@ -40,3 +49,27 @@ def copy_bundle(name: str, dest: Path) -> Path:
 @pytest.fixture
 def bundle3d(tmp_path) -> Path:
     return copy_bundle("resunet3d_segmentation", tmp_path)
+
+
+@pytest.fixture
+def bundle2d(tmp_path) -> Path:
+    return copy_bundle("resunet2d_segmentation", tmp_path)
+
+
+def run_workflow(bundle: Path, configs: list[str], workflow_type: str, **overrides):
+    """Initialise, run and finalise a ConfigWorkflow of ``bundle`` (``bundle_root`` set to it)."""
+    from monai.bundle import ConfigWorkflow
+
+    files = [str(bundle / "configs" / c) for c in configs]
+    wf = ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=str(bundle / "configs" / "logging.conf"),
+        workflow_type=workflow_type,
+        bundle_root=str(bundle),
+        **overrides,
+    )
+    wf.initialize()
+    wf.run()
+    wf.finalize()
+    return wf

@@ -2,5 +2,13 @@
 
 from monai_resunet.transforms.chains import segmentation_augmentation, segmentation_preprocessing
 from monai_resunet.transforms.intensity import NormalizeByModalityd, foreground_select_fn
+from monai_resunet.transforms.slices import AddNeighbourSlicesd, slice_sampling
 
-__all__ = ["NormalizeByModalityd", "foreground_select_fn", "segmentation_augmentation", "segmentation_preprocessing"]
+__all__ = [
+    "AddNeighbourSlicesd",
+    "NormalizeByModalityd",
+    "foreground_select_fn",
+    "segmentation_augmentation",
+    "segmentation_preprocessing",
+    "slice_sampling",
+]

@@ -24,6 +24,7 @@ from monai.transforms import (
 )
 
 from monai_resunet.transforms.intensity import NormalizeByModalityd, foreground_select_fn
+from monai_resunet.transforms.slices import AddNeighbourSlicesd, slice_sampling
 
 __all__ = ["segmentation_preprocessing", "segmentation_augmentation"]
 
@@ -37,6 +38,8 @@ def segmentation_preprocessing(
     crop_foreground: bool = True,
     pad_size: Sequence[int] | None = None,
     reader=None,
+    slice_axis: int = 2,
+    num_neighbours: int = 0,
 ) -> list[Transform]:
     """Load → channel first → RAS → resample to ``pixdim`` → crop to the body → normalise by modality → pad.
 
@@ -54,6 +57,8 @@ def segmentation_preprocessing(
             volumes; ``None`` for no padding.
         reader: image reader for ``LoadImaged`` (``None``: MONAI picks by suffix; DICOM series folders need
             ``monai_resunet.data.DicomSeriesReader``).
+        slice_axis: for 2.5D models, the axis whose neighbouring slices become channels.
+        num_neighbours: 2.5D: neighbouring slices on each side stacked as extra channels (0 for 3D and plain 2D).
 
     Example::
 
@@ -73,6 +78,8 @@ def segmentation_preprocessing(
     chain.append(NormalizeByModalityd(image_key, modality=modality, ct_window=ct_window))
     if pad_size is not None:
         chain.append(SpatialPadd(keys, spatial_size=pad_size))
+    if num_neighbours:
+        chain.append(AddNeighbourSlicesd(image_key, slice_axis=slice_axis, num_neighbours=num_neighbours))
     chain.append(EnsureTyped(image_key, dtype="float32", track_meta=True))
     if label_keys:
         chain.append(EnsureTyped(label_keys, dtype="uint8", track_meta=True))
@@ -90,6 +97,7 @@ def segmentation_augmentation(
     rotate90: bool = True,
     affine_prob: float = 0.0,
     intensity_prob: float = 0.5,
+    slice_axis: int | None = None,
 ) -> list[Transform]:
     """Class-balanced patch sampling and augmentation for training.
 
@@ -109,6 +117,8 @@ def segmentation_augmentation(
         rotate90: random 90° rotations in the plane of the first two axes.
         affine_prob: probability of a random rotation/scaling (0 disables it; it is the slowest augmentation on CPU).
         intensity_prob: probability of each intensity augmentation.
+        slice_axis: ``None`` for 3D patches; 0, 1 or 2 to sample 2D slices along that axis (``patch_size`` is
+            then 2D) for a 2D network, with the same augmentation in 2D.
 
     Example::
 
@@ -117,12 +127,17 @@ def segmentation_augmentation(
     keys = list(keys)
     modes = ["bilinear" if k == image_key else "nearest" for k in keys]
     spatial_dims = len(patch_size)
-    chain: list[Transform] = [
-        RandCropByLabelClassesd(
-            keys, label_key=label_key, spatial_size=patch_size, num_classes=num_classes,
-            num_samples=num_samples, image_key=image_key, warn=False,
+    if slice_axis is not None:
+        chain: list[Transform] = slice_sampling(
+            keys, image_key, label_key, patch_size, slice_axis, num_classes, num_samples
         )
-    ]  # fmt: skip
+    else:
+        chain = [
+            RandCropByLabelClassesd(
+                keys, label_key=label_key, spatial_size=patch_size, num_classes=num_classes,
+                num_samples=num_samples, image_key=image_key, warn=False,
+            )
+        ]  # fmt: skip
     if flip:
         chain += [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(spatial_dims)]
     if rotate90:

@@ -1,0 +1,88 @@
+"""``python -m monai_resunet segment``: batch segmentation of files and DICOM folders with a trained bundle.
+
+One bad input is reported (named, with the reason) and skipped; the others are written. The exit status is
+non-zero when any input failed, and a summary closes the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["add_segment_parser", "run_segment", "output_name"]
+
+logger = logging.getLogger("monai_resunet")
+
+FORMATS = {"nifti": ".nii.gz", "nrrd": ".nrrd", "mha": ".mha", "dicom-seg": ".dcm"}
+_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+
+def output_name(input_path: Path, fmt: str, postfix: str) -> str:
+    """``scan.nii.gz`` → ``scan_seg.nii.gz``; a DICOM folder ``ct/`` → ``ct_seg.nii.gz`` (or ``.dcm``)."""
+    name = input_path.name
+    for suffix in _IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return f"{name}_{postfix}{FORMATS[fmt]}"
+
+
+def add_segment_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment images with a trained bundle",
+        description="Segment NIfTI/NRRD/MHA files, DICOM files and DICOM series folders with a trained bundle "
+        "(3D sliding window or 2D slice by slice, as the bundle's inference.json says). Label maps are written "
+        "on each input's own grid.",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or DICOM series folders")
+    parser.add_argument("--bundle", required=True, help="bundle folder (holding configs/ and models/model.pt)")
+    parser.add_argument("-o", "--output-dir", required=True, help="folder for the label maps (created if needed)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
+    parser.add_argument("--checkpoint", default=None, help="weights to use instead of <bundle>/models/model.pt")
+    parser.add_argument(
+        "--format",
+        choices=sorted(FORMATS),
+        default="nifti",
+        help="output format (default: nifti); dicom-seg needs DICOM inputs and the 'dicom' extra (highdicom)",
+    )
+    parser.add_argument("--postfix", default="seg", help="appended to each input's name (default: seg)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
+    parser.set_defaults(func=run_segment)
+    return parser
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from monai_resunet.inference.segmenter import Segmenter
+
+    try:
+        segmenter = Segmenter.from_bundle(args.bundle, device=args.device, checkpoint=args.checkpoint)
+    except Exception as e:  # the bundle itself is unusable: nothing can be segmented
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failed: list[tuple[str, str]] = []
+    written, skipped = 0, 0
+    for item in tqdm(args.inputs, desc="segmenting", unit="case", file=sys.stderr):
+        path = Path(item)
+        target = out_dir / output_name(path, args.format, args.postfix)
+        if target.exists() and not args.overwrite:
+            skipped += 1
+            continue
+        try:
+            segmenter.segment_file(path, target)
+            written += 1
+        except Exception as e:  # report, skip, go on with the next case
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            failed.append((str(path), reason))
+            tqdm.write(f"FAILED {path}: {reason}", file=sys.stderr)
+    summary = f"{written} written, {skipped} skipped (exist), {len(failed)} failed of {len(args.inputs)} inputs"
+    print(summary)
+    for path, reason in failed:
+        print(f"  failed: {path}: {reason}")
+    return 1 if failed else 0

@@ -1,0 +1,192 @@
+"""``Segmenter``: a trained bundle as one Python callable.
+
+Everything is built from the bundle's own ``configs/inference.json`` (network, pre-processing, inferer,
+post-processing), so scripts, the CLI and MONAI Label run exactly the pipeline ``python -m monai.bundle run``
+runs; only the bundle's file-saving step is left out, because the caller decides where the label map goes.
+Works for 3D sliding-window bundles and 2D slice-wise bundles alike (the inferer comes from the config).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+from monai.data import MetaTensor
+from monai.transforms import Compose, LoadImaged, SaveImaged
+
+__all__ = ["Segmenter", "CheckpointError", "load_checkpoint"]
+
+logger = logging.getLogger("monai_resunet")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable, unsafe (pickled code) or does not fit the network."""
+
+
+def load_checkpoint(network: torch.nn.Module, path: str | os.PathLike, map_location="cpu") -> None:
+    """Load ``path`` into ``network`` with ``torch.load(weights_only=True)``.
+
+    A plain ``state_dict`` and MONAI ``CheckpointSaver`` files (``{"model": state_dict}``, or the bundle's
+    ``last_state.pt`` with ``"network"``) are accepted. A file carrying arbitrary pickled objects is refused
+    without running them; a file that does not fit the network says which keys or shapes differ.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found; train the bundle first or pass checkpoint=...")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused: the checkpoint holds pickled objects other than tensors and plain containers, "
+            f"which torch.load(weights_only=True) will not execute ({str(e).splitlines()[0]})."
+        ) from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e}).") from None
+    if isinstance(state, dict):
+        for key in ("model", "network", "state_dict"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: no state_dict of tensors found in the checkpoint.")
+    state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from a DDP-wrapped network
+    own = network.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        details = "; ".join(
+            f"{name} ({len(items)}): {', '.join(items[:3])}{' …' if len(items) > 3 else ''}"
+            for name, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched))
+            if items
+        )
+        raise CheckpointError(f"{path}: does not fit the bundle's network_def — {details}.")
+    network.load_state_dict(state)
+
+
+class Segmenter:
+    """A bundle's trained network with its pre- and post-processing, as a callable.
+
+    ``seg(image)`` takes a file path (NIfTI, NRRD, MHA, a DICOM file or a DICOM series folder), a numpy array
+    with an ``affine`` (channel-less, spatial axes in the affine's order), or a ``MetaTensor``, and returns the
+    integer label map as a ``MetaTensor`` of shape ``(1, *spatial)`` on the input's own grid (same shape and
+    affine as the input).
+
+    Example::
+
+        seg = Segmenter.from_bundle("bundles/resunet3d_segmentation", device="cpu")
+        label = seg("scan.nii.gz")
+        seg.segment_file("scan.nii.gz", "scan_seg.nii.gz")
+    """
+
+    def __init__(self, parser: ConfigParser, bundle_dir: Path) -> None:
+        self.parser = parser
+        self.bundle_dir = bundle_dir
+        self.device: torch.device = parser.get_parsed_content("device")
+        self.network: torch.nn.Module = parser.get_parsed_content("network")
+        self.preprocessing: Compose = parser.get_parsed_content("preprocessing")
+        self.inferer = parser.get_parsed_content("inferer")
+        self.image_key: str = parser.get_parsed_content("image_key") if "image_key" in parser else "image"
+        post = parser.get_parsed_content("postprocessing")
+        # the bundle saves files in its last step; the caller decides where the label goes instead
+        self.postprocessing = Compose([t for t in post.transforms if not isinstance(t, SaveImaged)])
+        self.class_names: list[str] = list(parser.get_parsed_content("class_names"))
+        self.amp = bool(parser.get_parsed_content("amp")) if "amp" in parser else False
+        self.network.eval()
+
+    @classmethod
+    def from_bundle(
+        cls,
+        bundle_dir: str | os.PathLike,
+        device: str | torch.device | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        config_file: str = "inference.json",
+        **overrides,
+    ) -> Segmenter:
+        """Build from ``bundle_dir/configs/<config_file>`` and load ``models/model.pt`` (or ``checkpoint``).
+
+        Args:
+            bundle_dir: the bundle folder.
+            device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``…; ``None``: the config's default (CUDA when available).
+            checkpoint: weights to load instead of ``bundle_dir/models/model.pt``.
+            config_file: the inference config inside ``configs/``.
+            overrides: config overrides, e.g. ``sw_batch_size=4`` or ``**{"inferer#overlap": 0.25}``.
+        """
+        bundle = Path(bundle_dir).resolve()
+        config = bundle / "configs" / config_file
+        if not config.is_file():
+            raise FileNotFoundError(f"{config}: no such bundle config; is {bundle} a bundle folder?")
+        parser = ConfigParser()
+        parser.read_config(str(config))
+        meta = bundle / "configs" / "metadata.json"
+        if meta.is_file():
+            parser.read_meta(str(meta))
+        parser["bundle_root"] = str(bundle)
+        if device is not None:
+            parser["device"] = torch.device(device)
+        for key, value in overrides.items():
+            parser[key] = value
+        segmenter = cls(parser, bundle)
+        load_checkpoint(segmenter.network, checkpoint or bundle / "models" / "model.pt", map_location=segmenter.device)
+        return segmenter
+
+    def _prepare(self, image, affine: np.ndarray | None) -> dict:
+        if isinstance(image, (str, os.PathLike)):
+            path = Path(image)
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: no such file or folder.")
+            return self.preprocessing({self.image_key: str(path)})
+        if isinstance(image, MetaTensor):
+            tensor = image
+        elif isinstance(image, (np.ndarray, torch.Tensor)):
+            if affine is None:
+                raise ValueError("an array input needs its affine (voxel → world, 4×4): seg(array, affine=...).")
+            tensor = MetaTensor(torch.as_tensor(np.asarray(image)), affine=torch.as_tensor(affine, dtype=torch.float64))
+        else:
+            raise TypeError(
+                f"expected a path, a numpy array with an affine, or a MetaTensor, got {type(image).__name__}."
+            )
+        tensor.meta.setdefault("original_channel_dim", "no_channel")
+        tensor.meta.setdefault("original_affine", tensor.affine.clone())
+        tensor.meta.setdefault("spatial_shape", tuple(tensor.shape[-3:]))
+        # the same chain as for files, minus the loader
+        after_load = Compose([t for t in self.preprocessing.transforms if not isinstance(t, LoadImaged)])
+        return after_load({self.image_key: tensor})
+
+    @torch.no_grad()
+    def __call__(self, image, affine: np.ndarray | None = None) -> MetaTensor:
+        data = self._prepare(image, affine)
+        inputs = data[self.image_key][None].to(self.device)
+        with torch.autocast(self.device.type, enabled=self.amp and self.device.type == "cuda"):
+            logits = self.inferer(inputs, self.network)
+        data["pred"] = logits[0].float()
+        data = self.postprocessing(data)
+        return data["pred"].to(torch.uint8 if len(self.class_names) <= 256 else torch.int32).cpu()
+
+    def segment_file(self, input_path: str | os.PathLike, output_path: str | os.PathLike) -> Path:
+        """Segment ``input_path`` and write the label map to ``output_path``: ``.nii``/``.nii.gz``/``.nrrd``/
+        ``.mha`` by extension, or ``.dcm`` for a DICOM-SEG that references a DICOM input. Written atomically."""
+        from monai_resunet.inference.writers import write_dicom_seg, write_label_map
+
+        output_path = Path(output_path)
+        label = self(input_path)
+        if output_path.suffix.lower() == ".dcm":
+            write_dicom_seg(label, input_path, output_path, segment_names=self.class_names[1:])
+        else:
+            write_label_map(label, output_path)
+        return output_path
+
+    @property
+    def segment_names(self) -> Sequence[str]:
+        """Names of the foreground classes (label values 1, 2, …)."""
+        return self.class_names[1:]
