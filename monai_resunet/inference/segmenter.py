@@ -181,7 +181,7 @@ class Segmenter:
         output_path = Path(output_path)
         label = self(input_path)
         if output_path.suffix.lower() == ".dcm":
-            write_dicom_seg(label, input_path, output_path, segment_names=self.class_names[1:])
+            write_dicom_seg(label, input_path, output_path, segment_names=self.class_names)
         else:
             write_label_map(label, output_path)
         return output_path
