@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from dicom_synth import AXIAL, write_series
 from monai.data import MetaTensor
 
 from conftest import FAST_2D, FAST_3D, REPO, copy_bundle, run_workflow
-from dicom_synth import AXIAL, write_series
 from monai_resunet.inference.segmenter import CheckpointError, Segmenter
 
 NET_3D = {k: v for k, v in FAST_3D.items() if k.startswith("network_def")}

@@ -9,3 +9,11 @@ from monai_resunet.data.datalist import (
     read_dataset_json,
 )
 from monai_resunet.data.demo import DEMO_CLASS_NAMES, make_demo_dataset
+from monai_resunet.data.dicom_series import (
+    DicomReadError,
+    DicomSeries,
+    DicomSeriesReader,
+    read_dicom_series,
+    read_dicom_series_datasets,
+    register_dicom_series_reader,
+)
