@@ -1,0 +1,358 @@
+"""Label-map writers: NIfTI / NRRD / MHA on the input's grid, and DICOM-SEG referencing the source series.
+
+Both writers are atomic: the file is written under a temporary name in the target folder (with the real
+extension, since the backends choose the format by extension) and moved onto the target with ``os.replace``,
+so an interrupted or failed run never leaves a half-written output, and an existing output stays intact.
+
+- :func:`write_label_map`: a label map (channel-first with one channel, or no channel) as uint8 (uint16 when
+  labels exceed 255) on the given affine, without resampling: ``.nii``/``.nii.gz`` through nibabel (built with
+  MONAI's ``NibabelWriter.create_backend_obj``), ``.nrrd``/``.mha`` through SimpleITK (MONAI's ``ITKWriter``
+  needs ``itk``, which is not a dependency). Affines follow MONAI's convention: RAS, (x, y, z) indexing.
+- :func:`write_dicom_seg`: a DICOM Segmentation (highdicom, optional ``dicom`` extra) with one segment per
+  non-background class, referencing the source series, its frame of reference and, frame by frame, the source
+  image each SEG frame lies on. The label is mapped from MONAI's RAS (x, y, z) layout back to the source's
+  (slice, row, column) order through the affines, so a label reoriented with ``Orientation("RAS")`` is fine.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import PathLike
+from monai.data import MetaTensor, NibabelWriter
+from monai.data.utils import orientation_ras_lps, to_affine_nd
+from monai.utils import MetaKeys, SpaceKeys
+from pydicom.dataset import Dataset
+
+from monai_resunet.data.dicom_series import DicomSeries, read_dicom_series
+
+__all__ = ["LABEL_MAP_SUFFIXES", "LabelWriteError", "write_dicom_seg", "write_label_map"]
+
+LABEL_MAP_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
+
+
+class LabelWriteError(OSError):
+    """Writing an output failed; the message names the path and the reason (the target is left untouched)."""
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+@contextmanager
+def _atomic_target(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same extension); move it onto ``path`` when the block succeeds.
+
+    The temporary file is removed on any failure, KeyboardInterrupt included.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # hidden, unique, same folder (os.replace is atomic only within a file system), real extension last
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.partial{_suffix(path)}"
+    try:
+        yield tmp
+        with open(tmp, "rb") as fp:  # on disk before the rename, so a crash cannot leave an empty target
+            os.fsync(fp.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _to_numpy(label: Any) -> np.ndarray:
+    if isinstance(label, torch.Tensor):
+        return label.detach().cpu().numpy()
+    return np.asarray(label)
+
+
+def _label_and_affine(label: Any, affine: Any, path: Path, need_affine: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The label's spatial array (channel removed) and its RAS affine (``affine`` wins over a MetaTensor's)."""
+    arr = _to_numpy(label)
+    aff = None
+    if affine is not None:
+        aff = _to_numpy(affine).astype(np.float64)
+    elif isinstance(label, MetaTensor):
+        aff = _to_numpy(label.affine).astype(np.float64)
+        if str(label.meta.get(MetaKeys.SPACE, SpaceKeys.RAS)) == str(SpaceKeys.LPS):
+            aff = orientation_ras_lps(aff)  # a reader run with affine_lps_to_ras=False
+    if aff is None and need_affine:
+        raise ValueError(f"{path}: the label has no affine (pass a MetaTensor or affine=...); refusing to guess.")
+    r = aff.shape[0] - 1 if aff is not None else (3 if arr.ndim >= 3 else 2)
+    if aff is not None and (aff.shape != (r + 1, r + 1) or r not in (2, 3)):
+        raise ValueError(f"{path}: affine must be 3x3 (2D) or 4x4 (3D), got shape {aff.shape}.")
+    if arr.ndim == r + 1:
+        if arr.shape[0] != 1:
+            raise ValueError(
+                f"{path}: label has {arr.shape[0]} channels (shape {arr.shape}); write one label map (argmax first)."
+            )
+        arr = arr[0]
+    if arr.ndim != r:
+        raise ValueError(f"{path}: label of shape {arr.shape} is not a {r}D label map (with or without a channel).")
+    return arr, aff
+
+
+def _label_dtype(arr: np.ndarray, path: Path, dtype: Any = None) -> np.ndarray:
+    """Integer labels as uint8, or uint16 when they exceed 255 (``dtype`` forces one)."""
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
+            raise ValueError(f"{path}: label values are not integers (dtype {arr.dtype}); write argmax labels.")
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if lo < 0:
+        raise ValueError(f"{path}: negative label value {lo:g}.")
+    if dtype is None:
+        if hi > np.iinfo(np.uint16).max:
+            raise ValueError(f"{path}: label value {hi:g} exceeds uint16.")
+        dtype = np.uint8 if hi <= np.iinfo(np.uint8).max else np.uint16
+    elif hi > np.iinfo(np.dtype(dtype)).max:
+        raise ValueError(f"{path}: label value {hi:g} does not fit {np.dtype(dtype)}.")
+    return arr.astype(dtype, copy=False)
+
+
+def _is_orthogonal(affine: np.ndarray) -> bool:
+    m = affine[:-1, :-1]
+    m = m / np.linalg.norm(m, axis=0)
+    return bool(np.allclose(m.T @ m, np.eye(m.shape[0]), atol=1e-6))
+
+
+def _write_nifti(arr: np.ndarray, affine: np.ndarray, tmp: Path) -> None:
+    import nibabel as nib
+
+    # not NibabelWriter.set_data_array/write: they squeeze trailing singleton dimensions, so a one-slice volume
+    # (X, Y, 1) would come back 2D; the backend object and header codes are the same as NibabelWriter.write's
+    affine = to_affine_nd(3, affine)
+    img = NibabelWriter.create_backend_obj(arr, affine=affine, dtype=arr.dtype)
+    img.set_sform(affine, code=1)
+    # a sheared affine (gantry tilt) cannot be a qform; code 0 makes readers use the exact sform
+    img.set_qform(affine, code=1 if _is_orthogonal(affine) else 0)
+    img.header.set_xyzt_units("mm")
+    img.header.set_intent("label")
+    nib.save(img, str(tmp))
+
+
+def _write_sitk(arr: np.ndarray, affine: np.ndarray, tmp: Path, compress: bool) -> None:
+    import SimpleITK as sitk
+
+    lps = orientation_ras_lps(affine)  # ITK's world is LPS
+    r = arr.ndim
+    spacing = np.linalg.norm(lps[:r, :r], axis=0)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(arr.T))  # SimpleITK arrays are (z, y, x)
+    image.SetSpacing(spacing.tolist())
+    image.SetOrigin(lps[:r, r].tolist())
+    image.SetDirection((lps[:r, :r] / spacing).flatten().tolist())
+    sitk.WriteImage(image, str(tmp), useCompression=compress)
+
+
+def write_label_map(label: Any, path: PathLike, affine: Any = None, dtype: Any = None, compress: bool = True) -> Path:
+    """Write a label map on its own grid (no resampling), atomically, choosing the format by extension.
+
+    Args:
+        label: ``MetaTensor`` or array/tensor, (1, X, Y, Z) or (X, Y, Z) (2D: (1, X, Y) or (X, Y)), integer
+            values (floats holding integers are accepted).
+        path: ``.nii``, ``.nii.gz``, ``.nrrd`` or ``.mha`` file to write; its folder is created if needed.
+        affine: RAS affine of the (x, y, z) indices (MONAI's convention); default: ``label.affine``.
+            Pass the input image's affine (or invert the preprocessing first) to write on the input's grid.
+        dtype: output dtype; default uint8, or uint16 when labels exceed 255.
+        compress: compress ``.nrrd``/``.mha`` (``.nii.gz`` is always compressed, ``.nii`` never).
+
+    Returns:
+        the written path.
+
+    Raises:
+        ValueError: unsupported extension, missing affine, multi-channel or non-integer labels.
+        LabelWriteError: the backend failed; nothing is left at ``path`` (an existing file is kept).
+
+    Example::
+
+        pred = Invertd(...)(...)["pred"]  # (1, X, Y, Z) MetaTensor on the input's grid
+        write_label_map(pred.argmax(0, keepdim=True), "out/case1_seg.nii.gz")
+    """
+    path = Path(os.fspath(path)).expanduser()
+    suffix = _suffix(path)
+    if suffix not in LABEL_MAP_SUFFIXES:
+        raise ValueError(
+            f"{path}: unsupported label-map format {suffix!r}; use one of {', '.join(LABEL_MAP_SUFFIXES)}."
+        )
+    arr, aff = _label_and_affine(label, affine, path, need_affine=True)
+    arr = _label_dtype(arr, path, dtype)
+    if not np.isfinite(aff).all() or abs(np.linalg.det(aff[:-1, :-1])) < 1e-12:
+        raise ValueError(f"{path}: the affine is singular or not finite:\n{aff}")
+    try:
+        with _atomic_target(path) as tmp:
+            if suffix in (".nii", ".nii.gz"):
+                _write_nifti(arr, aff, tmp)
+            else:
+                _write_sitk(arr, aff, tmp, compress)
+    except Exception as e:
+        raise LabelWriteError(f"{path}: writing the label map failed ({type(e).__name__}: {e}).") from e
+    return path
+
+
+def _onto_source_grid(arr: np.ndarray, label_affine: np.ndarray, series: DicomSeries, path: Path) -> np.ndarray:
+    """Re-index ``arr`` (on ``label_affine``) onto the source series' (column, row, slice) grid.
+
+    Only flips and axis permutations of the same grid are allowed (what ``Orientation`` does); anything else
+    (resampled, cropped) must be brought back to the input's grid first, e.g. with ``Invertd``.
+    """
+    src_affine = series.affine(lps_to_ras=True)
+    to_src = np.linalg.solve(src_affine, to_affine_nd(3, label_affine))  # label index -> source index
+    perm = np.rint(to_src[:3, :3])
+    shift = to_src[:3, 3]
+    is_perm = np.array_equal(np.abs(perm).sum(0), np.ones(3)) and np.array_equal(np.abs(perm).sum(1), np.ones(3))
+    if not (is_perm and np.allclose(to_src[:3, :3], perm, atol=1e-3) and np.allclose(shift, np.rint(shift), atol=1e-3)):
+        raise ValueError(
+            f"{path}: the label is not on the source series' grid (label affine\n{label_affine}\nvs source "
+            f"affine\n{src_affine}); invert the preprocessing (e.g. Invertd) to get it back on the input's grid."
+        )
+    # source axis i comes from label axis axes[i], reversed where perm[i, axes[i]] == -1
+    axes = [int(np.flatnonzero(perm[i])[0]) for i in range(3)]
+    out = arr.transpose(axes)
+    for i in range(3):
+        if perm[i, axes[i]] < 0:
+            out = np.flip(out, axis=i)
+    expected_shift = [(series.spatial_shape[i] - 1) if perm[i, axes[i]] < 0 else 0 for i in range(3)]
+    if out.shape != series.spatial_shape or not np.allclose(shift, expected_shift, atol=1e-3):
+        raise ValueError(
+            f"{path}: the label (shape {arr.shape}) covers a different extent than the source series (shape "
+            f"{series.spatial_shape}); invert any crop/pad (e.g. Invertd) first."
+        )
+    return np.ascontiguousarray(out)
+
+
+def write_dicom_seg(
+    label: Any,
+    source: PathLike | Sequence[Dataset] | DicomSeries,
+    path: PathLike,
+    segment_names: Sequence[str] | Mapping[int, str],
+    affine: Any = None,
+    series_uid: str | None = None,
+    segment_codes: Mapping[int, tuple[Any, Any]] | None = None,
+    series_description: str = "ResUNet segmentation",
+    series_number: int = 900,
+    manufacturer: str = "monai_resunet",
+    manufacturer_model_name: str = "ResUNet",
+    software_versions: str | None = None,
+    device_serial_number: str = "0",
+    algorithm_name: str = "monai_resunet ResUNet",
+    omit_empty_frames: bool = True,
+) -> Path:
+    """Write a label map as a DICOM Segmentation (BINARY, one segment per non-background class), atomically.
+
+    Args:
+        label: label map on the source series' grid: a ``MetaTensor`` (its affine is used to undo any
+            reorientation, e.g. ``Orientation("RAS")``) or an array in :class:`DicomSeriesReader`'s (x, y, z) =
+            (column, row, slice) layout; with or without a channel of size 1.
+        source: the source series: folder or file, its datasets (headers suffice), or a :class:`DicomSeries`.
+        path: ``.dcm`` file to write.
+        segment_names: class names by label value, background first (``["background", "liver", "tumour"]``,
+            as in MSD ``dataset.json`` and bundle metadata), or ``{label value: name}``; value 0 is never written.
+        affine: RAS affine of ``label`` (overrides a MetaTensor's).
+        series_uid: series to pick when ``source`` is a folder holding several.
+        segment_codes: ``{label value: (category, type)}`` codes (pydicom ``Code``); default SCT "Tissue" for both.
+        series_description, series_number, manufacturer, manufacturer_model_name, software_versions,
+            device_serial_number: the SEG's series and equipment attributes.
+        algorithm_name: AlgorithmName of every segment (AUTOMATIC, family "Artificial Intelligence").
+        omit_empty_frames: leave out frames without any labelled pixel (highdicom's default).
+
+    Returns:
+        the written path.
+
+    Example::
+
+        write_dicom_seg(pred, "/data/patient1/CT", "out/patient1_seg.dcm", ["background", "liver", "tumour"])
+        seg = highdicom.seg.segread("out/patient1_seg.dcm")
+    """
+    path = Path(os.fspath(path)).expanduser()
+    try:
+        import highdicom as hd
+        from pydicom.sr.codedict import codes
+    except ImportError as e:
+        raise ImportError(f"{path}: writing DICOM-SEG needs highdicom: pip install 'monai_resunet[dicom]'.") from e
+
+    if isinstance(source, DicomSeries):
+        series = source
+    elif isinstance(source, (str, os.PathLike)):
+        series = read_dicom_series(source, series_uid)
+    else:
+        series = DicomSeries.from_datasets(list(source))
+    arr, aff = _label_and_affine(label, affine, path, need_affine=False)
+    if arr.ndim == 2 and series.spatial_shape[2] == 1:
+        arr, aff = arr[..., None], None  # a 2D label of a one-slice source: same grid by construction
+    if aff is not None:
+        arr = _onto_source_grid(arr, aff, series, path)
+    elif arr.shape != series.spatial_shape:
+        raise ValueError(
+            f"{path}: label shape {arr.shape} differs from the source series' (columns, rows, slices) "
+            f"{series.spatial_shape}."
+        )
+    arr = _label_dtype(arr, path)
+
+    names = dict(segment_names) if isinstance(segment_names, Mapping) else dict(enumerate(segment_names))
+    names = {int(k): str(v) for k, v in names.items() if int(k) != 0}
+    present = [int(v) for v in np.unique(arr) if v != 0]
+    unnamed = [v for v in present if v not in names]
+    if unnamed:
+        raise ValueError(f"{path}: label value(s) {unnamed} have no entry in segment_names {segment_names!r}.")
+    numbers = sorted(names)
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise ValueError(f"{path}: segment_names must name label values 1..N without gaps, got {numbers}.")
+
+    from monai_resunet import __version__
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=__version__
+    )
+    descriptions = []
+    for number in numbers:
+        category, prop_type = (segment_codes or {}).get(number, (codes.SCT.Tissue, codes.SCT.Tissue))
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=names[number][:64],  # LO: 64 characters at most
+                segmented_property_category=category,
+                segmented_property_type=prop_type,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+            )
+        )
+    # (column, row, slice) -> (slice, row, column): SEG frames are 2D (rows, columns) images, one per slice
+    frames = arr.transpose(2, 1, 0)
+    if series.is_multiframe:
+        # one multi-frame source: SEG frame f must match source frame f, in the file's (unsorted) frame order
+        in_file_order = np.zeros_like(frames)
+        for k, (_, f) in enumerate(series.slices):
+            in_file_order[f] = frames[k]
+        frames = in_file_order
+    # single-frame sources: frame k of pixel_array lies on series.datasets[k] (sorted the same way)
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=list(series.datasets),
+            pixel_array=frames,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=hd.UID(),
+            series_number=series_number,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer=manufacturer,
+            manufacturer_model_name=manufacturer_model_name,
+            software_versions=software_versions or __version__,
+            device_serial_number=device_serial_number,
+            series_description=series_description,
+            omit_empty_frames=omit_empty_frames and bool(present),  # an all-empty label still gets its frames
+        )
+    except Exception as e:
+        raise ValueError(f"{path}: highdicom cannot build the segmentation ({type(e).__name__}: {e}).") from e
+    try:
+        with _atomic_target(path) as tmp:
+            seg.save_as(tmp)
+    except Exception as e:
+        raise LabelWriteError(f"{path}: writing the DICOM-SEG failed ({type(e).__name__}: {e}).") from e
+    return path
