@@ -1,0 +1,855 @@
+#!/usr/bin/env python
+"""Real-data benchmark: the 3D bundle's default ResUNet against MONAI's segmentation networks, each trained
+for the same CPU wall-clock budget on the Colin27 deep grey structures, scored on a held-out image.
+
+It answers "on real anatomy and a fixed CPU time budget, how good does the bundle's default network get, and
+how fast, next to the networks MONAI users already run?". The data (``pipelines/fetch_colin27.py``): the left
+hemisphere of the Colin27 T1 MRI is the training image, the right hemisphere mirrored in x is the held-out
+image, six AAL structures (caudate, putamen, pallidum, thalamus, hippocampus, amygdala). One brain: this
+measures generalisation *within one subject* (left → right hemisphere), not across subjects or scanners.
+
+    python pipelines/fetch_colin27.py                           # once: data into ~/.cache/monai_resunet/colin27
+    python pipelines/benchmark_colin27.py                       # 6 min per network → pipelines/results/colin27/
+    python pipelines/benchmark_colin27.py --minutes 20 --include-2d
+    python pipelines/benchmark_colin27.py --networks resunet3d-bundle dynunet --eval-every 60
+    python pipelines/benchmark_colin27.py --quick       # smoke test: 2 networks, 8 s each → $TMPDIR
+
+Networks (``out_channels`` = 7 everywhere; ``--networks`` picks, ``--list`` prints them):
+
+* ``resunet3d-bundle``: ``network_def`` of ``bundles/resunet3d_segmentation/configs/train.json``, instantiated
+  with ``monai.bundle.ConfigParser`` from the config itself, so the benchmark always measures the bundle's real
+  default (features 16…256, encoder blocks 1,2,2,2,2, instance norm, leaky ReLU, strided down-sampling);
+* ``monai-unet-spleen``: ``UNet`` as in MONAI's spleen bundle: channels 16…256, strides 2,2,2,2,
+  ``num_res_units=2``, batch norm;
+* ``monai-unet-ref``: ``UNet`` channels 16…128, strides 2,2,2, ``num_res_units=2``, MONAI's default (instance)
+  norm;
+* ``segresnet``: ``SegResNet`` with ``init_filters=16`` (MONAI's BraTS tutorial width; the class default is 8),
+  other arguments default (blocks down 1,2,2,4, up 1,1,1);
+* ``dynunet``: ``DynUNet``, kernels [3]*5, strides [1,2,2,2,2], ``res_block=True``, default filters
+  (32,64,128,256,320), no deep supervision;
+* ``basicunet``: ``BasicUNet``, default features (32,32,64,128,256,32);
+* ``resunet2d-bundle`` (with ``--include-2d``): ``network_def`` of ``bundles/resunet2d_segmentation``, trained on
+  axial slices (``segmentation_augmentation(..., slice_axis=2, patch_size=(128, 128))``) and inferred slice by
+  slice with ``monai.inferers.SliceInferer``, both with the 2D bundle's own recipe.
+
+Protocol, the same for every network:
+
+* data: ``monai_resunet.transforms.segmentation_preprocessing`` (RAS, 1 mm ``pixdim``, crop to the brain, MR
+  z-score, pad to the patch) + ``segmentation_augmentation`` (class-balanced 64³ patches, flips, 90° rotations,
+  intensity scale/shift), cached with ``CacheDataset`` and served by MONAI's ``DataLoader`` in the main process
+  (``num_workers=0``, so sampling time is part of training time, as it would be on a 2-core machine);
+* recipe from the 3D bundle's config (the 2D bundle's for the 2D network): ``learning_rate`` (1e-3),
+  ``batch_size`` (2) × ``num_samples`` (2) = 4 patches per iteration (what the recipe gives on a data set of
+  ≥ 2 images; with one image the bundle's own loader would give 2), AdamW with the config's weight decay, the
+  config's ``DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)``;
+* learning-rate schedule measured in *time*: the bundle's ``WarmupCosineSchedule`` shape (linear warm-up over
+  the first 5 %, then cosine to 0) evaluated at ``training seconds / budget`` at the start of each iteration,
+  so every network gets a complete schedule whatever its speed;
+* budget: training stops at the first iteration that ends past ``--minutes`` of training time (so it can
+  overrun by less than one iteration; the table gives the exact time). Only the training loop counts:
+  evaluation is paused out of the clock;
+* every ``--eval-every`` training seconds (and at the end) the held-out image is segmented with
+  ``SlidingWindowInferer(roi_size=patch, overlap=0.5, mode="gaussian")`` (``SliceInferer`` for 2D), the
+  prediction is taken back to the image's own grid with ``Invertd`` (as the bundle's inference does), and the
+  Dice per structure is recorded: the curve. The reported scores are those of the *final* network (no
+  selection on the held-out image); "time to Dice ≥ 0.84" is the first evaluation at or above it, so its
+  resolution is the evaluation interval;
+* HD95: ``monai.metrics.compute_hausdorff_distance(percentile=95)`` in mm, with the label's voxel spacing; a
+  structure the network never predicts has no HD95 (the mean is then over the others, marked ``*``);
+* inference time: the inferer call on the held-out image (pre-processing and inversion excluded), once;
+* peak memory: each network runs in its own process (this script re-invoked with ``--only NAME``), and the
+  table gives that process's peak resident set (``ru_maxrss``) and its rise over the value after the imports
+  and the data loading;
+* ``monai.utils.set_determinism(seed)`` before each network (``seed`` from the bundle config, 123) and
+  ``torch.set_num_threads(os.cpu_count())``. Training for a wall-clock budget is not bit-reproducible: the
+  number of iterations depends on the machine's load.
+
+Outputs in ``--out`` (default ``pipelines/results/colin27/``): ``colin27_benchmark.md`` and ``.csv`` (the
+tables), ``colin27_curves.json`` (machine, settings, every row and its Dice curve), ``colin27_benchmark.png``
+(Dice over training time for all networks; prediction vs truth on axial slices of the held-out image for the
+ResUNet) and ``predictions/<network>.nii.gz`` (final label maps on the held-out image's grid).
+
+``--quick``: 8 s per network, two networks, 32³ patches on 2 mm resampled data, evaluation every 4 s: a smoke
+test of the whole pipeline (a minute or so), not a measurement; it writes to ``$TMPDIR/monai_resunet_colin27_quick``
+unless ``--out`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+PIPELINES = REPO / "pipelines"
+if str(PIPELINES) not in sys.path:
+    sys.path.insert(0, str(PIPELINES))
+
+import fetch_colin27  # noqa: E402  (numpy only; data locations and class names)
+
+DEFAULT_OUT = PIPELINES / "results" / "colin27"
+QUICK_OUT = Path(tempfile.gettempdir()) / "monai_resunet_colin27_quick"  # smoke tests stay out of the repository
+BUNDLE3D = REPO / "bundles" / "resunet3d_segmentation" / "configs" / "train.json"
+BUNDLE2D = REPO / "bundles" / "resunet2d_segmentation" / "configs" / "train.json"
+STRUCTURES: tuple[str, ...] = fetch_colin27.CLASS_NAMES[1:]
+NUM_CLASSES = len(fetch_colin27.CLASS_NAMES)
+TARGET_DICE = 0.84
+WARMUP_FRACTION = 0.05  # the bundle's WarmupCosineSchedule: warmup_steps = epochs // 20
+
+NETWORKS: dict[str, str] = {
+    "resunet3d-bundle": "ResUNet, 3D bundle default (train.json network_def)",
+    "monai-unet-spleen": "MONAI UNet, spleen bundle: 16..256, 4 strides, 2 res units, batch norm",
+    "monai-unet-ref": "MONAI UNet reference: 16..128, 3 strides, 2 res units, instance norm",
+    "segresnet": "MONAI SegResNet, init_filters=16",
+    "dynunet": "MONAI DynUNet, res_block, kernels [3]*5, strides [1,2,2,2,2]",
+    "basicunet": "MONAI BasicUNet, default features (32,32,64,128,256,32)",
+    "resunet2d-bundle": "ResUNet, 2D bundle default, axial slices + SliceInferer",
+}
+DEFAULT_NETWORKS: tuple[str, ...] = tuple(n for n in NETWORKS if n != "resunet2d-bundle")
+QUICK_NETWORKS: tuple[str, ...] = ("resunet3d-bundle", "monai-unet-spleen")
+OVERLAY_NETWORK = "resunet3d-bundle"
+
+# CSV columns (the Markdown tables show a selection, with the per-structure Dice/HD95 in a second table)
+COLUMNS: tuple[str, ...] = (
+    "network",
+    "params",
+    "iterations",
+    "patches_per_iteration",
+    "train_s",
+    "s_per_iteration",
+    "mean_dice",
+    *(f"dice_{s}" for s in STRUCTURES),
+    "mean_hd95_mm",
+    *(f"hd95_{s}_mm" for s in STRUCTURES),
+    "time_to_target_s",
+    "inference_s",
+    "peak_rss_mib",
+    "rss_rise_mib",
+    "error",
+)
+MD_COLUMNS: tuple[str, ...] = (
+    "network",
+    "params",
+    "iterations",
+    "train s",
+    "mean Dice",
+    "mean HD95 mm",
+    f"train s to Dice ≥ {TARGET_DICE}",
+    "inference s",
+    "peak RSS MiB",
+    "RSS rise MiB",
+)
+
+
+@dataclass
+class Settings:
+    """What every network is trained and evaluated with (forwarded to the per-network processes)."""
+
+    dataset_dir: str
+    budget_s: float
+    eval_every_s: float
+    patch_size: tuple[int, int, int]
+    patch_size_2d: tuple[int, int]
+    pixdim: tuple[float, float, float]
+    threads: int
+    seed: int
+    quick: bool
+    target_dice: float = TARGET_DICE
+    modality: str = "MR"
+    networks: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------- networks
+
+
+def _bundle_parser(config: Path, dataset_dir: str):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    parser["dataset_dir"] = dataset_dir  # so @num_classes comes from dataset.json's labels, as in training
+    return parser
+
+
+def bundle_recipe(config: Path, dataset_dir: str) -> dict[str, Any]:
+    """The bundle's default recipe read from its ``train.json``: learning rate, batch size, samples per image,
+    weight decay, seed, validation ``sw_batch_size`` and the instantiated loss."""
+    parser = _bundle_parser(config, dataset_dir)
+    return {
+        "learning_rate": float(parser.get_parsed_content("learning_rate")),
+        "batch_size": int(parser.get_parsed_content("batch_size")),
+        "num_samples": int(parser.get_parsed_content("num_samples")),
+        "weight_decay": float(parser.get("optimizer#weight_decay", 0.0)),
+        "seed": int(parser.get_parsed_content("seed")),
+        "sw_batch_size": int(parser.get_parsed_content("validate#inferer#sw_batch_size")),
+        "loss": parser.get_parsed_content("losses#dice_ce"),
+    }
+
+
+def build_network(name: str, dataset_dir: str):
+    """The network ``name`` (see :data:`NETWORKS`) with 1 input channel and 7 output channels."""
+    from monai.networks.nets import BasicUNet, DynUNet, SegResNet, UNet
+
+    if name in ("resunet3d-bundle", "resunet2d-bundle"):
+        parser = _bundle_parser(BUNDLE3D if name == "resunet3d-bundle" else BUNDLE2D, dataset_dir)
+        net = parser.get_parsed_content("network_def")
+        if getattr(net, "out_channels", NUM_CLASSES) != NUM_CLASSES:
+            raise RuntimeError(f"{name}: the bundle config gave {net.out_channels} output channels.")
+        return net
+    builders: dict[str, Callable[[], Any]] = {
+        "monai-unet-spleen": lambda: UNet(
+            3, 1, NUM_CLASSES, channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2), num_res_units=2, norm="batch"
+        ),
+        "monai-unet-ref": lambda: UNet(
+            3, 1, NUM_CLASSES, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2
+        ),
+        "segresnet": lambda: SegResNet(spatial_dims=3, init_filters=16, in_channels=1, out_channels=NUM_CLASSES),
+        "dynunet": lambda: DynUNet(
+            3,
+            1,
+            NUM_CLASSES,
+            kernel_size=[3] * 5,
+            strides=[1, 2, 2, 2, 2],
+            upsample_kernel_size=[2, 2, 2, 2],
+            res_block=True,
+        ),
+        "basicunet": lambda: BasicUNet(spatial_dims=3, in_channels=1, out_channels=NUM_CLASSES),
+    }
+    if name not in builders:
+        raise ValueError(f"unknown network {name!r}; choose from {sorted(NETWORKS)}.")
+    return builders[name]()
+
+
+# ---------------------------------------------------------------------------------------- one network
+
+
+def _maxrss_mib() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+
+
+def lr_factor(fraction: float, warmup: float = WARMUP_FRACTION) -> float:
+    """``monai.optimizers.WarmupCosineSchedule``'s factor (linear warm-up, then half a cosine to 0) at
+    ``fraction`` ∈ [0, 1] of the schedule."""
+    if fraction < warmup:
+        return fraction / warmup
+    progress = min(1.0, (fraction - warmup) / max(1e-12, 1.0 - warmup))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
+    """Train ``name`` for the budget, evaluating the held-out image on the way; return its result row."""
+    import nibabel as nib
+    import numpy as np
+    import torch
+    from monai.data import CacheDataset, DataLoader
+    from monai.inferers import SliceInferer, SlidingWindowInferer
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+    from monai.networks.utils import one_hot
+    from monai.transforms import Compose, Invertd, LoadImage
+    from monai.utils import set_determinism
+    from tqdm import tqdm
+
+    from monai_resunet.data import msd_datalist, read_dataset_json
+    from monai_resunet.transforms import segmentation_augmentation, segmentation_preprocessing
+
+    torch.set_num_threads(settings.threads)
+    is_2d = name == "resunet2d-bundle"
+    dataset_dir = settings.dataset_dir
+    recipe = bundle_recipe(BUNDLE2D if is_2d else BUNDLE3D, dataset_dir)
+    set_determinism(seed=settings.seed)
+
+    # data: the library's chains, the deterministic part cached once
+    if is_2d:
+        patch: tuple[int, ...] = tuple(settings.patch_size_2d)
+        pad_size = [*patch, 1]  # the 2D bundle's pad_size for slice_axis=2
+        aug = segmentation_augmentation(
+            ["image", "label"],
+            patch_size=patch,
+            num_classes=NUM_CLASSES,
+            num_samples=recipe["num_samples"],
+            slice_axis=2,
+        )
+    else:
+        patch = tuple(settings.patch_size)
+        pad_size = list(patch)
+        aug = segmentation_augmentation(
+            ["image", "label"], patch_size=patch, num_classes=NUM_CLASSES, num_samples=recipe["num_samples"]
+        )
+    pre_kwargs = {"pixdim": settings.pixdim, "modality": settings.modality, "pad_size": pad_size}
+    train_pre = segmentation_preprocessing(["image", "label"], **pre_kwargs)
+    train_items = msd_datalist(dataset_dir, "training")
+    # batch_size images per iteration: with one training image, the same image batch_size times
+    data = [train_items[i % len(train_items)] for i in range(max(recipe["batch_size"], len(train_items)))]
+    dataset = CacheDataset(data, Compose(train_pre + aug), cache_rate=1.0, num_workers=0, progress=False)
+    loader = DataLoader(dataset, batch_size=recipe["batch_size"], shuffle=True, num_workers=0)
+
+    meta = read_dataset_json(dataset_dir)
+    test_image = str(Path(dataset_dir) / meta["test"][0])
+    test_label_path = str(Path(dataset_dir) / meta["test_labels"][0])
+    test_pre = Compose(segmentation_preprocessing(["image"], **pre_kwargs))
+    test = test_pre({"image": test_image})
+    label = LoadImage(image_only=True, ensure_channel_first=True)(test_label_path)
+    spacing = [float(s) for s in label.pixdim[:3]]
+    label_oh = one_hot(label[None].long(), NUM_CLASSES)
+    invert = Invertd(keys="pred", transform=test_pre, orig_keys="image", nearest_interp=False, to_tensor=True)
+    if is_2d:
+        inferer = SliceInferer(
+            spatial_dim=2,
+            roi_size=patch,
+            sw_batch_size=recipe["sw_batch_size"],
+            overlap=0.5,
+            mode="gaussian",
+            progress=False,
+        )
+    else:
+        inferer = SlidingWindowInferer(
+            roi_size=patch, sw_batch_size=recipe["sw_batch_size"], overlap=0.5, mode="gaussian"
+        )
+    baseline_rss = _maxrss_mib()
+
+    network = build_network(name, dataset_dir)
+    params = sum(p.numel() for p in network.parameters() if p.requires_grad)
+    loss_fn = recipe["loss"]
+    optimizer = torch.optim.AdamW(network.parameters(), lr=recipe["learning_rate"], weight_decay=recipe["weight_decay"])
+
+    def evaluate(final: bool) -> dict[str, Any]:
+        network.eval()
+        with torch.inference_mode():
+            start = time.perf_counter()
+            logits = inferer(test["image"][None], network)
+            seconds = time.perf_counter() - start
+        restored = invert({"image": test["image"], "pred": torch.softmax(logits[0], dim=0)})["pred"]
+        pred = restored.argmax(dim=0, keepdim=True)
+        pred_oh = one_hot(pred[None].as_tensor().long(), NUM_CLASSES)
+        dice = compute_dice(pred_oh, label_oh.as_tensor(), include_background=False)[0].tolist()
+        result: dict[str, Any] = {"dice": dict(zip(STRUCTURES, dice)), "mean_dice": float(np.nanmean(dice))}
+        if final:
+            hd = compute_hausdorff_distance(
+                pred_oh, label_oh.as_tensor(), include_background=False, percentile=95, spacing=spacing
+            )[0].tolist()
+            result["hd95_mm"] = {s: (float(v) if math.isfinite(v) else None) for s, v in zip(STRUCTURES, hd)}
+            result["inference_s"] = seconds
+            result["prediction"] = pred
+        network.train()
+        return result
+
+    def batches():
+        while True:
+            yield from loader
+
+    curve: list[dict[str, Any]] = []
+    train_s, iterations, next_eval = 0.0, 0, settings.eval_every_s
+    losses: list[float] = []
+    durations: list[float] = []
+    network.train()
+    stream = batches()
+    with tqdm(
+        total=round(settings.budget_s),
+        desc=name,
+        unit="s",
+        leave=False,
+        file=sys.stderr,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} s train {postfix}",
+    ) as bar:
+        while train_s < settings.budget_s:
+            start = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = recipe["learning_rate"] * lr_factor(train_s / settings.budget_s)
+            batch = next(stream)
+            images, labels = batch["image"].as_tensor(), batch["label"].as_tensor()
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(network(images), labels)
+            loss.backward()
+            optimizer.step()
+            elapsed = time.perf_counter() - start
+            train_s += elapsed
+            iterations += 1
+            durations.append(elapsed)
+            losses.append(float(loss.detach()))
+            bar.update(min(elapsed, settings.budget_s - bar.n))
+            if train_s >= next_eval or train_s >= settings.budget_s:
+                final = train_s >= settings.budget_s
+                ev = evaluate(final)
+                curve.append(
+                    {
+                        "train_s": round(train_s, 3),
+                        "iteration": iterations,
+                        "loss": losses[-1],
+                        "mean_dice": ev["mean_dice"],
+                        "dice": ev["dice"],
+                    }
+                )
+                next_eval = (math.floor(train_s / settings.eval_every_s) + 1) * settings.eval_every_s
+                bar.set_postfix_str(f"it {iterations} loss {losses[-1]:.3f} held-out Dice {ev['mean_dice']:.3f}")
+    # the last curve point is the final evaluation (the loop ends right after it)
+
+    pred_dir = out_dir / "predictions"
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    nib.save(
+        nib.Nifti1Image(ev["prediction"][0].numpy().astype(np.uint8), label.affine.numpy()),
+        str(pred_dir / f"{name}.nii.gz"),
+    )
+    reached = next((p["train_s"] for p in curve if p["mean_dice"] >= settings.target_dice), None)
+    hd_values = [v for v in ev["hd95_mm"].values() if v is not None]
+    return {
+        "network": name,
+        "description": NETWORKS[name],
+        "params": params,
+        "iterations": iterations,
+        "patches_per_iteration": recipe["batch_size"] * recipe["num_samples"],
+        "train_s": round(train_s, 2),
+        "s_per_iteration": round(train_s / max(1, iterations), 3),
+        "first_iteration_s": round(durations[0], 3),
+        "median_iteration_s": round(float(np.median(durations)), 3),
+        "mean_dice": ev["mean_dice"],
+        "dice": ev["dice"],
+        "mean_hd95_mm": float(np.mean(hd_values)) if hd_values else None,
+        "hd95_missing": len(STRUCTURES) - len(hd_values),
+        "hd95_mm": ev["hd95_mm"],
+        "time_to_target_s": reached,
+        "inference_s": round(ev["inference_s"], 3),
+        "peak_rss_mib": round(_maxrss_mib(), 1),
+        "rss_rise_mib": round(_maxrss_mib() - baseline_rss, 1),
+        "recipe": {k: v for k, v in recipe.items() if k != "loss"} | {"loss": type(recipe["loss"]).__name__},
+        "patch_size": list(patch),
+        "prediction": str(pred_dir / f"{name}.nii.gz"),
+        "curve": curve,
+        "final_loss": losses[-1] if losses else None,
+        "error": "",
+    }
+
+
+# ------------------------------------------------------------------------------------------------ reports
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, library versions, date and load: the header of the tables."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for package in ("torch", "monai", "monai_resunet"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "?"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        **versions,
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def csv_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A result row flattened to :data:`COLUMNS`."""
+    out = {c: row.get(c, "") for c in COLUMNS}
+    for s in STRUCTURES:
+        out[f"dice_{s}"] = (row.get("dice") or {}).get(s, "")
+        hd = (row.get("hd95_mm") or {}).get(s)
+        out[f"hd95_{s}_mm"] = "" if hd is None else hd
+    for key in ("mean_dice", "mean_hd95_mm", "time_to_target_s"):
+        out[key] = "" if row.get(key) is None else row[key]
+    return out
+
+
+def copy_label_baseline(dataset_dir: str | os.PathLike) -> dict[str, Any]:
+    """Scores of a prediction without learning: the training label copied onto the held-out image (same grid).
+    The two hemispheres of this single-subject atlas are nearly mirror-symmetric, so this is the floor a
+    network must beat to show it learnt anything from the image."""
+    import nibabel as nib
+    import numpy as np
+    import torch
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+    from monai.networks.utils import one_hot
+
+    dataset_dir = Path(dataset_dir)
+    meta = json.loads((dataset_dir / "dataset.json").read_text())
+    train = nib.load(str(dataset_dir / meta["training"][0]["label"]))
+    test = nib.load(str(dataset_dir / meta["test_labels"][0]))
+    if train.shape != test.shape:
+        raise ValueError("training and held-out labels are on different grids")
+    pred, truth = (one_hot(torch.from_numpy(np.asarray(x.dataobj).astype(np.int64))[None, None], NUM_CLASSES)
+                   for x in (train, test))  # fmt: skip
+    dice = compute_dice(pred, truth, include_background=False)[0].tolist()
+    spacing = [float(v) for v in test.header.get_zooms()[:3]]
+    hd = compute_hausdorff_distance(pred, truth, include_background=False, percentile=95, spacing=spacing)[0].tolist()
+    return {
+        "network": "copy training label",
+        "mean_dice": float(np.mean(dice)),
+        "dice": dict(zip(STRUCTURES, dice)),
+        "mean_hd95_mm": float(np.mean(hd)),
+        "hd95_mm": dict(zip(STRUCTURES, hd)),
+    }
+
+
+def markdown(
+    rows: list[dict[str, Any]], machine: dict[str, Any], settings: Settings, baseline: dict[str, Any] | None = None
+) -> str:
+    """The header, the main table and the per-structure table (with the no-learning ``baseline`` if given)."""
+    budget = f"{settings.budget_s / 60:g} min" if settings.budget_s >= 60 else f"{settings.budget_s:g} s"
+    lines = [
+        f"# Colin27 deep grey structures: {budget} of CPU training per network",
+        "",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores ({settings.threads} torch threads), "
+        f"load average at start {machine['load_average_at_start']}; Python {machine['python']}, torch "
+        f"{machine['torch']}, MONAI {machine['monai']}, monai_resunet {machine['monai_resunet']}; {machine['date']}.",
+        "",
+        f"Budget: {budget} of training time per network (evaluation excluded), one network after another. "
+        f"Patch {'×'.join(map(str, settings.patch_size))} (2D: {'×'.join(map(str, settings.patch_size_2d))}), "
+        f"pixdim {tuple(settings.pixdim)} mm, the 3D bundle's recipe (AdamW, DiceCE, lr schedule over the time "
+        "budget), held-out Dice every "
+        f"{settings.eval_every_s:g} s of training."
+        + (" **Quick mode: a smoke test, not a measurement.**" if settings.quick else ""),
+        "",
+        "**This measures generalisation within one subject**: trained on the left hemisphere of the Colin27 T1 "
+        "MRI, scored on its right hemisphere mirrored (AAL labels: caudate, putamen, pallidum, thalamus, "
+        "hippocampus, amygdala). It says nothing about other subjects, scanners or pathology. Scores are those "
+        "of the final network; nothing was selected on the held-out image.",
+        "",
+        "| " + " | ".join(MD_COLUMNS) + " |",
+        "| --- | " + " | ".join("---:" for _ in MD_COLUMNS[1:]) + " |",
+    ]
+    for r in rows:
+        if r.get("error"):
+            error = str(r["error"]).replace("|", "/").replace("\n", " ")
+            lines.append(f"| {r['network']} | error: {error} | " + " | ".join("—" for _ in MD_COLUMNS[2:]) + " |")
+            continue
+        hd = _fmt(r.get("mean_hd95_mm"), 1) + ("*" if r.get("hd95_missing") else "")
+        reached = "not reached" if r.get("time_to_target_s") is None else _fmt(float(r["time_to_target_s"]), 0)
+        cells = [
+            r["network"],
+            _fmt(r["params"]),
+            _fmt(r["iterations"]),
+            _fmt(r["train_s"], 0),
+            _fmt(r["mean_dice"]),
+            hd,
+            reached,
+            _fmt(r["inference_s"], 1),
+            _fmt(r["peak_rss_mib"], 0),
+            _fmt(r["rss_rise_mib"], 0),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Per structure, final network: Dice / HD95 mm (— : structure not predicted).",
+        "",
+        "| network | " + " | ".join(STRUCTURES) + " |",
+        "| --- | " + " | ".join("---:" for _ in STRUCTURES) + " |",
+    ]
+    for r in rows:
+        if r.get("error"):
+            continue
+        cells = [f"{_fmt(r['dice'][s])} / {_fmt(r['hd95_mm'][s], 1)}" for s in STRUCTURES]
+        lines.append(f"| {r['network']} | " + " | ".join(cells) + " |")
+    if baseline:
+        cells = [f"{_fmt(baseline['dice'][s])} / {_fmt(baseline['hd95_mm'][s], 1)}" for s in STRUCTURES]
+        lines.append("| *copy training label* | " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            f"No-learning reference: the training label copied onto the held-out image scores mean Dice "
+            f"{baseline['mean_dice']:.3f} (HD95 {baseline['mean_hd95_mm']:.1f} mm): the hemispheres of this "
+            "single-subject atlas are nearly mirror images, so a network has learnt from the image only where it "
+            "beats this.",
+        ]
+    lines += [
+        "",
+        "Networks: " + "; ".join(f"`{r['network']}`: {NETWORKS[r['network']]}" for r in rows) + ".",
+        "",
+        "\\* mean over the structures the network predicted. Time to Dice: first evaluation at or above the "
+        "target (resolution: the evaluation interval). Inference: the inferer call on the held-out image. Peak "
+        "RSS: the network's own process; rise: over the value after imports and data loading.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def figure(rows: list[dict[str, Any]], settings: Settings, path: Path, baseline: dict[str, Any] | None = None) -> None:
+    """Dice curves of every network, and prediction vs truth on axial slices for the ResUNet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import nibabel as nib
+    import numpy as np
+
+    ok = [r for r in rows if not r.get("error")]
+    overlay = next((r for r in ok if r["network"] == OVERLAY_NETWORK), None)
+    n_slices = 4
+    rows_in_figure = 2 if overlay is not None else 1
+    fig = plt.figure(figsize=(4 * n_slices, 4.8 * rows_in_figure), constrained_layout=True)
+    grid = fig.add_gridspec(rows_in_figure, n_slices, height_ratios=[1.1, 1][:rows_in_figure])
+    ax = fig.add_subplot(grid[0, :])
+    for r in ok:
+        curve = r["curve"]
+        ax.plot(
+            [p["train_s"] for p in curve],
+            [p["mean_dice"] for p in curve],
+            marker="o",
+            ms=3,
+            label=f"{r['network']} ({r['params'] / 1e6:.1f} M)",
+        )
+    ax.axhline(settings.target_dice, color="grey", ls=":", lw=1)
+    if baseline:
+        ax.axhline(baseline["mean_dice"], color="grey", ls="--", lw=1)
+        ax.text(0, baseline["mean_dice"], " copy training label (no learning)", va="bottom", fontsize=8, color="grey")
+    ax.set_xlabel("training time (s), evaluation excluded")
+    ax.set_ylabel("held-out mean Dice (6 structures)")
+    ax.set_ylim(0, 1)
+    ax.set_xlim(0, max([settings.budget_s] + [r["train_s"] for r in ok]) * 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("Colin27: left hemisphere → mirrored right hemisphere (one subject)")
+    if overlay is not None:
+        dataset = Path(settings.dataset_dir)
+        meta = json.loads((dataset / "dataset.json").read_text())
+        image_nii = nib.load(str(dataset / meta["test"][0]))
+        image = np.asarray(image_nii.dataobj, dtype=float)
+        truth = np.asarray(nib.load(str(dataset / meta["test_labels"][0])).dataobj)
+        pred = np.asarray(nib.load(overlay["prediction"]).dataobj)
+        zs = np.nonzero(truth.any(axis=(0, 1)))[0]
+        picks = np.linspace(zs.min(), zs.max(), n_slices + 2)[1:-1].round().astype(int)
+        z_world = [float((image_nii.affine @ [0, 0, z, 1])[2]) for z in picks]
+        colours = plt.get_cmap("tab10")(np.arange(len(STRUCTURES)))
+        for k, z in enumerate(picks):
+            a = fig.add_subplot(grid[1, k])
+            a.imshow(image[:, :, z].T, cmap="gray", origin="lower")
+            for v in range(1, NUM_CLASSES):
+                if (truth[:, :, z] == v).any():
+                    a.contour((truth[:, :, z] == v).T, levels=[0.5], colors=[colours[v - 1]], linewidths=1.2)
+                if (pred[:, :, z] == v).any():
+                    a.contour(
+                        (pred[:, :, z] == v).T, levels=[0.5], colors=[colours[v - 1]], linewidths=1.0, linestyles="--"
+                    )
+            a.set_title(f"held-out, axial slice {z} (MNI z = {z_world[k]:+.0f} mm), medial → right", fontsize=9)
+            a.set_axis_off()
+        handles = [plt.Line2D([], [], color=colours[i], label=s) for i, s in enumerate(STRUCTURES)]
+        handles += [
+            plt.Line2D([], [], color="k", label="truth"),
+            plt.Line2D([], [], color="k", ls="--", label=f"{OVERLAY_NETWORK} (Dice {overlay['mean_dice']:.2f})"),
+        ]
+        fig.legend(
+            handles=handles,
+            loc="lower center",
+            ncol=len(handles),
+            fontsize=8,
+            frameon=False,
+            bbox_to_anchor=(0.5, -0.03),
+        )
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def write_reports(
+    rows: list[dict[str, Any]],
+    machine: dict[str, Any],
+    settings: Settings,
+    out: Path,
+    baseline: dict[str, Any] | None = None,
+) -> str:
+    """Write the Markdown, CSV, JSON and PNG into ``out``; return the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(rows, machine, settings, baseline)
+    (out / "colin27_benchmark.md").write_text(text)
+    with open(out / "colin27_benchmark.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow(csv_row(r))
+    (out / "colin27_curves.json").write_text(
+        json.dumps({"machine": machine, "settings": asdict(settings), "baseline": baseline, "results": rows}, indent=1)
+        + "\n"
+    )
+    try:
+        figure(rows, settings, out / "colin27_benchmark.png", baseline)
+    except Exception as e:  # a figure problem must not lose the measurements
+        print(f"figure not written: {type(e).__name__}: {e}", file=sys.stderr)
+    return text
+
+
+# ------------------------------------------------------------------------------------------------- driver
+
+
+def _child_command(name: str, args: argparse.Namespace, result: Path) -> list[str]:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--only",
+        name,
+        "--result-json",
+        str(result),
+        "--dataset-dir",
+        str(args.dataset_dir),
+        "--out",
+        str(args.out),
+        "--seconds",
+        str(args.seconds),
+        "--eval-every",
+        str(args.eval_every),
+        "--threads",
+        str(args.threads),
+    ]
+    if args.seed is not None:
+        cmd += ["--seed", str(args.seed)]
+    if args.quick:
+        cmd.append("--quick")
+    return cmd
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    quick = bool(args.quick)
+    seed = args.seed
+    if seed is None:
+        seed = int(json.loads(BUNDLE3D.read_text())["seed"])  # the bundle's seed (123)
+    return Settings(
+        dataset_dir=str(args.dataset_dir),
+        budget_s=float(args.seconds),
+        eval_every_s=float(args.eval_every),
+        patch_size=(32, 32, 32) if quick else (64, 64, 64),
+        patch_size_2d=(32, 32) if quick else (128, 128),
+        pixdim=(2.0, 2.0, 2.0) if quick else (1.0, 1.0, 1.0),
+        threads=int(args.threads),
+        seed=seed,
+        quick=quick,
+        networks=list(args.networks),
+    )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--dataset-dir",
+        default=None,
+        help="MSD folder from fetch_colin27.py (default: <cache>/colin27/Colin27DeepGrey)",
+    )
+    parser.add_argument("--out", default=None, help=f"output folder (default: {DEFAULT_OUT}; quick: {QUICK_OUT})")
+    parser.add_argument("--minutes", type=float, default=None, help="training budget per network (default 6)")
+    parser.add_argument("--seconds", type=float, default=None, help="the budget in seconds (overrides --minutes)")
+    parser.add_argument(
+        "--eval-every", type=float, default=None, help="seconds of training between evaluations (default 30; quick: 4)"
+    )
+    parser.add_argument(
+        "--networks",
+        nargs="+",
+        default=None,
+        choices=list(NETWORKS),
+        metavar="NAME",
+        help=f"networks to run, in order (default: {' '.join(DEFAULT_NETWORKS)})",
+    )
+    parser.add_argument("--include-2d", action="store_true", help="also the 2D slice-wise bundle network")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 8 s, 2 networks, 32³ patches, 2 mm")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all)")
+    parser.add_argument("--seed", type=int, default=None, help="default: the bundle config's seed")
+    parser.add_argument("--list", action="store_true", help="print the networks and exit")
+    parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: one network, in this process
+    parser.add_argument("--result-json", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.seconds is None:
+        args.seconds = 8.0 if args.quick and args.minutes is None else 60.0 * (args.minutes or 6.0)
+    if args.eval_every is None:
+        args.eval_every = 4.0 if args.quick else 30.0
+    if args.networks is None:
+        args.networks = list(QUICK_NETWORKS if args.quick else DEFAULT_NETWORKS)
+    if args.include_2d and "resunet2d-bundle" not in args.networks:
+        args.networks.append("resunet2d-bundle")
+    if args.dataset_dir is None:
+        args.dataset_dir = str(fetch_colin27.default_dataset_dir())
+    args.out = str(Path(args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)).expanduser().resolve())
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        for name, description in NETWORKS.items():
+            print(f"{name:<20} {description}")
+        return 0
+    if not fetch_colin27.is_converted(args.dataset_dir):
+        if fetch_colin27.is_fetched() and Path(args.dataset_dir) == fetch_colin27.default_dataset_dir():
+            fetch_colin27.convert(fetch_colin27.templates_dir(), args.dataset_dir)
+        else:
+            print(
+                f"{args.dataset_dir}: no Colin27 dataset. Run: python pipelines/fetch_colin27.py "
+                f"--dataset-dir {args.dataset_dir}",
+                file=sys.stderr,
+            )
+            return 2
+    settings = settings_from_args(args)
+    out = Path(args.out)
+
+    if args.only:  # child: one network, result as JSON
+        try:
+            row = run_network(args.only, settings, out)
+        except Exception as e:
+            traceback.print_exc()
+            row = {"network": args.only, "error": f"{type(e).__name__}: {e}"[:300]}
+        Path(args.result_json).write_text(json.dumps(row))
+        return 0 if not row.get("error") else 1
+
+    machine = machine_info()
+    try:
+        baseline = copy_label_baseline(settings.dataset_dir)
+    except Exception as e:
+        print(f"no-learning baseline not computed: {type(e).__name__}: {e}", file=sys.stderr)
+        baseline = None
+    rows: list[dict[str, Any]] = []
+    out.mkdir(parents=True, exist_ok=True)
+    for k, name in enumerate(settings.networks, start=1):
+        print(f"[{k}/{len(settings.networks)}] {name}: {NETWORKS[name]}", file=sys.stderr, flush=True)
+        result = out / f".{name}.result.json"
+        result.unlink(missing_ok=True)
+        start = time.perf_counter()
+        proc = subprocess.run(_child_command(name, args, result), timeout=10 * settings.budget_s + 1800)
+        if result.is_file():
+            row = json.loads(result.read_text())
+            result.unlink()
+        else:
+            row = {"network": name, "error": f"process exited with {proc.returncode} and no result"}
+        print(
+            f"    done in {time.perf_counter() - start:.0f} s: "
+            + (row["error"] if row.get("error") else f"mean Dice {row['mean_dice']:.3f}"),
+            file=sys.stderr,
+            flush=True,
+        )
+        rows.append(row)
+    text = write_reports(rows, machine, settings, out, baseline)
+    print(text)
+    print(f"written: {out}/colin27_benchmark.md, .csv, colin27_curves.json, colin27_benchmark.png, predictions/")
+    return 0 if all(not r.get("error") for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
