@@ -1,3 +1,4 @@
 """Inference: label-map writers (NIfTI/NRRD/MHA, DICOM-SEG), ``Segmenter`` (bundle → callable), CLI glue."""
 
+from monai_resunet.inference.inferers import SlabArgmaxInferer
 from monai_resunet.inference.writers import LABEL_MAP_SUFFIXES, LabelWriteError, write_dicom_seg, write_label_map
