@@ -172,6 +172,7 @@ class Settings:
     target_dice: float = TARGET_DICE
     modality: str = "MR"
     networks: list[str] = field(default_factory=list)
+    clock: str = "wall"
 
 
 # --------------------------------------------------------------------------------------------- networks
@@ -367,8 +368,9 @@ def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
         file=sys.stderr,
         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} s train {postfix}",
     ) as bar:
+        clock = _training_clock(settings)
         while train_s < settings.budget_s:
-            start = time.perf_counter()
+            start = clock()
             for group in optimizer.param_groups:
                 group["lr"] = recipe["learning_rate"] * lr_factor(train_s / settings.budget_s)
             batch = next(stream)
@@ -377,7 +379,7 @@ def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
             loss = loss_fn(network(images), labels)
             loss.backward()
             optimizer.step()
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             train_s += elapsed
             iterations += 1
             durations.append(elapsed)
@@ -528,7 +530,8 @@ def markdown(
         f"load average at start {machine['load_average_at_start']}; Python {machine['python']}, torch "
         f"{machine['torch']}, MONAI {machine['monai']}, monai_resunet {machine['monai_resunet']}; {machine['date']}.",
         "",
-        f"Budget: {budget} of training time per network (evaluation excluded), one network after another. "
+        f"Budget: {budget} of training time per network (evaluation excluded; clock: "
+        f"{'process CPU seconds / threads' if settings.clock == 'cpu' else 'wall'}), one network after another. "
         f"Patch {'×'.join(map(str, settings.patch_size))} (2D: {'×'.join(map(str, settings.patch_size_2d))}), "
         f"pixdim {tuple(settings.pixdim)} mm, the 3D bundle's recipe (AdamW, DiceCE, lr schedule over the time "
         "budget), held-out Dice every "
@@ -703,6 +706,14 @@ def write_reports(
 # ------------------------------------------------------------------------------------------------- driver
 
 
+def _training_clock(settings: Settings):
+    """Seconds counted against the budget: wall clock, or CPU time of this process spread over its threads
+    (on a shared machine a network slowed by other jobs is not charged for their time)."""
+    if settings.clock == "cpu":
+        return lambda: time.process_time() / max(1, settings.threads)
+    return time.perf_counter
+
+
 def _child_command(name: str, args: argparse.Namespace, result: Path) -> list[str]:
     cmd = [
         sys.executable,
@@ -721,6 +732,8 @@ def _child_command(name: str, args: argparse.Namespace, result: Path) -> list[st
         str(args.eval_every),
         "--threads",
         str(args.threads),
+        "--clock",
+        args.clock,
     ]
     if args.seed is not None:
         cmd += ["--seed", str(args.seed)]
@@ -745,6 +758,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         seed=seed,
         quick=quick,
         networks=list(args.networks),
+        clock=args.clock,
     )
 
 
@@ -773,6 +787,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke test: 8 s, 2 networks, 32³ patches, 2 mm")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all)")
     parser.add_argument("--seed", type=int, default=None, help="default: the bundle config's seed")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="what the budget counts: wall-clock seconds (default), or this process's CPU seconds divided by "
+        "--threads, which equals wall time on an idle machine and stays fair when other jobs share the CPU",
+    )
     parser.add_argument("--list", action="store_true", help="print the networks and exit")
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: one network, in this process
     parser.add_argument("--result-json", default=None, help=argparse.SUPPRESS)
