@@ -1,0 +1,162 @@
+"""The MONAI Label app serving the ResUNet bundles (inference, training, active learning), fully offline.
+
+An app folder (``python -m monai_resunet label-app DIR``) holds a one-line ``main.py`` importing
+``ResUNetLabelApp`` and the bundles under ``DIR/model/<name>/``, the layout of MONAI Label's ``monaibundle``
+sample app. Unlike that app this one never downloads: bundles are found only in ``DIR/model``, and nothing calls
+GitHub, NGC or Hugging Face at start-up.
+
+``--conf`` keys (``monailabel start_server --app DIR --studies STUDIES --conf KEY VALUE``):
+
+- ``models``: comma-separated bundle names under ``DIR/model`` (default: all of them).
+- ``scoring_model``: the bundle whose prediction entropy ranks unlabelled images (default: the first).
+- ``skip_trainers``: ``true`` to serve inference only.
+- ``preload``: ``true`` to load the networks at start-up (MONAI Label's option).
+
+A bundle without ``models/model.pt`` is served for training only; its inference answers HTTP 409 with the reason
+until a training run (``POST /train/<name>``) writes the weights, then it appears without a restart.
+
+Imports ``monailabel``: only for the MONAI Label environment (``pipelines/label_env.sh``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from fastapi import HTTPException
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+from monailabel.utils.others.generic import strtobool
+
+import monai_resunet
+from monai_resunet.label.strategy import EntropyStrategy, PredictionEntropyScoring
+from monai_resunet.label.tasks import ResUNetInferTask, ResUNetTrainTask
+
+__all__ = ["ResUNetLabelApp", "find_bundles"]
+
+logger = logging.getLogger(__name__)
+
+
+def find_bundles(model_dir: str | os.PathLike, names: str | None = None) -> dict[str, str]:
+    """``{name: path}`` of the bundles in ``model_dir`` (folders with ``configs/inference.json`` or
+    ``configs/train.json``); ``names``, comma-separated, selects some of them and must all exist (nothing is
+    downloaded)."""
+    model_dir = str(model_dir)
+    found = {}
+    if os.path.isdir(model_dir):
+        for name in sorted(os.listdir(model_dir)):
+            configs = os.path.join(model_dir, name, "configs")
+            if any(os.path.isfile(os.path.join(configs, c)) for c in ("inference.json", "train.json")):
+                found[name] = os.path.join(model_dir, name)
+    wanted = [n.strip() for n in (names or "").split(",") if n.strip() and n.strip().lower() != "all"]
+    missing = [n for n in wanted if n not in found]
+    if missing:
+        raise MONAILabelException(
+            MONAILabelError.APP_INIT_ERROR,
+            f"Bundle(s) {missing} not found in {model_dir} (found: {sorted(found)}). This app does not download "
+            "bundles: write the app with `python -m monai_resunet label-app DIR` or copy the bundle folder there.",
+        )
+    if not found:
+        raise MONAILabelException(MONAILabelError.APP_INIT_ERROR, f"No bundle in {model_dir}.")
+    return {n: found[n] for n in wanted} if wanted else found
+
+
+class ResUNetLabelApp(MONAILabelApp):
+    """MONAI Label app for the ResUNet bundles in ``<app_dir>/model``."""
+
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]):
+        self.model_dir = os.path.join(app_dir, "model")
+        self.bundles = find_bundles(self.model_dir, conf.get("models"))
+        self.scoring_model = conf.get("scoring_model") or next(iter(self.bundles))
+        if self.scoring_model not in self.bundles:
+            raise MONAILabelException(
+                MONAILabelError.APP_INIT_ERROR,
+                f"scoring_model {self.scoring_model!r} is not one of {list(self.bundles)}",
+            )
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name=f"MONAI Label - ResUNet bundles (monai_resunet {monai_resunet.__version__})",
+            description="Residual U-Net segmentation bundles (3D and 2D slice-wise) served offline",
+            version=monai_resunet.__version__,
+        )
+
+    # tasks ------------------------------------------------------------------------------------------------------
+
+    def _make_infer(self, name: str) -> ResUNetInferTask | None:
+        task = ResUNetInferTask(self.bundles[name], self.conf)
+        if task.is_valid():
+            logger.info(f"+++ Adding Inferer:: {name} => {self.bundles[name]}")
+            return task
+        logger.warning(f"{name}: no models/model.pt yet; inference is enabled once a training run writes it")
+        return None
+
+    def init_infers(self) -> dict[str, InferTask]:
+        infers: dict[str, InferTask] = {}
+        for name in self.bundles:
+            task = self._make_infer(name)
+            if task is not None:
+                infers[name] = task
+        return infers
+
+    def _refresh_infers(self) -> None:
+        """Add the inference tasks of bundles that got their first weights since start-up."""
+        for name, path in self.bundles.items():
+            if name not in self._infers and os.path.isfile(os.path.join(path, "models", "model.pt")):
+                task = self._make_infer(name)
+                if task is not None:
+                    self._infers[name] = task
+
+    def init_trainers(self) -> dict[str, TrainTask]:
+        trainers: dict[str, TrainTask] = {}
+        if strtobool(self.conf.get("skip_trainers", "false")):
+            return trainers
+        for name, path in self.bundles.items():
+            task = ResUNetTrainTask(path, self.conf)
+            if task.is_valid():
+                logger.info(f"+++ Adding Trainer:: {name} => {path}")
+                trainers[name] = task
+        return trainers
+
+    def init_strategies(self) -> dict[str, Strategy]:
+        strategies: dict[str, Strategy] = {"entropy": EntropyStrategy(), "random": Random(), "first": First()}
+        logger.info(f"Active Learning Strategies:: {list(strategies)}")
+        return strategies
+
+    def init_scoring_methods(self) -> dict[str, ScoringMethod]:
+        return {"entropy": PredictionEntropyScoring(lambda: self._scoring_task(), self.scoring_model)}
+
+    def _scoring_task(self) -> ResUNetInferTask | None:
+        self._refresh_infers()
+        task = self._infers.get(self.scoring_model)
+        return task if isinstance(task, ResUNetInferTask) else None
+
+    # requests ---------------------------------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        self._refresh_infers()
+        return super().info()
+
+    def infer(self, request, datastore=None):
+        model = request.get("model")
+        self._refresh_infers()
+        if model in self.bundles and model not in self._infers:
+            # an HTTP error with its reason (MONAI Label answers a bare 500 "Internal Server Error" otherwise)
+            raise HTTPException(
+                status_code=409,
+                detail=f"{model}: no trained weights (models/model.pt) yet. Train it first (POST /train/{model}) "
+                f"or copy a trained model.pt into {self.bundles[model]}/models.",
+            )
+        return super().infer(request, datastore)
+
+    def model_file(self, model, validate=True):
+        self._refresh_infers()
+        return super().model_file(model, validate)
