@@ -795,6 +795,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--threads, which equals wall time on an idle machine and stays fair when other jobs share the CPU",
     )
     parser.add_argument("--list", action="store_true", help="print the networks and exit")
+    parser.add_argument(
+        "--report-from",
+        default=None,
+        metavar="DIR",
+        help="write the reports from the per-network results (.NAME.result.json) kept in DIR, training nothing",
+    )
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: one network, in this process
     parser.add_argument("--result-json", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -841,6 +847,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if not row.get("error") else 1
 
     machine = machine_info()
+    if args.report_from:  # rows kept from an interrupted run: write the reports only
+        rows = [json.loads(p.read_text()) for p in sorted(Path(args.report_from).glob(".*.result.json"))]
+        order = {name: k for k, name in enumerate(NETWORKS)}
+        rows.sort(key=lambda r: order.get(r["network"], len(order)))
+        settings.networks = [r["network"] for r in rows]
+        out.mkdir(parents=True, exist_ok=True)
+        print(write_reports(rows, machine, settings, out, copy_label_baseline(settings.dataset_dir)))
+        return 0
     try:
         baseline = copy_label_baseline(settings.dataset_dir)
     except Exception as e:
@@ -854,9 +868,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result.unlink(missing_ok=True)
         start = time.perf_counter()
         proc = subprocess.run(_child_command(name, args, result), timeout=10 * settings.budget_s + 1800)
-        if result.is_file():
+        if result.is_file():  # kept, so --report-from can rebuild the tables of an interrupted run
             row = json.loads(result.read_text())
-            result.unlink()
         else:
             row = {"network": name, "error": f"process exited with {proc.returncode} and no result"}
         print(
