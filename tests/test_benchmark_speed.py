@@ -1,0 +1,55 @@
+"""Smoke test of ``pipelines/benchmark_speed.py --quick``: every section runs on tiny inputs and the report has its
+tables, with no failed configuration."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "pipelines" / "benchmark_speed.py"
+
+
+def load_script():
+    # pipelines/ is a folder of scripts, not a package: load the file as a module
+    spec = importlib.util.spec_from_file_location("benchmark_speed", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_run_writes_report(tmp_path):
+    bench = load_script()
+    report = bench.main(["--quick", "--out", str(tmp_path)])
+
+    inference = report["inference"]
+    assert set(inference) == {"bundle", "label"}
+    for name, result in inference.items():
+        assert not result.get("error"), (name, result.get("error"))
+        stages = [s["stage"] for s in result["stages"]]
+        assert stages[0] == "load" and "network" in stages and "stitching" in stages and stages[-1] == "write (NIfTI)"
+        assert result["windows"] > 0 and result["network_gflops_per_s"] > 0 and result["conv_gflops_per_s"] > 0
+    assert inference["bundle"]["windows"] == inference["label"]["windows"]  # no window runs twice
+    assert "softmax" in [s["stage"] for s in inference["bundle"]["stages"]]
+    assert all(not r.get("error") for r in report["memory"].values())
+    assert all(not r.get("error") for r in report["inferers"] + report["knobs"] + report["training"])
+    assert all(not r.get("error") for r in report["preprocessing"].values())
+    assert all(r["it_per_s"] > 0 and r["compute_s"] > 0 for r in report["training"])
+    rows = report["agreement"]["rows"]
+    assert rows and all(r["model_grid_equal_dim-1"] == r["model_grid_equal_dim0"] == 1.0 for r in rows)
+
+    markdown = (tmp_path / "speed_benchmark_quick.md").read_text()
+    for heading in (
+        "## Inference, stage by stage",
+        "## Stitching options",
+        "## Network knobs",
+        "## Pre-processing variants",
+        "## Training throughput",
+        "## Agreement of the label path",
+        "## Memory on a huge scan",
+    ):
+        assert heading in markdown, heading
+    assert "`SlabArgmaxInferer` vs the `SlidingWindowInferer` arg-max (random weights): 100.0000% equal" in markdown
+    assert "| **total** |" in markdown and "peak / float32 input" in markdown and "GFLOP/s" in markdown
