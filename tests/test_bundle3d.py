@@ -34,14 +34,14 @@ def cli_overrides(overrides: dict) -> list[str]:
     return args
 
 
-def run_cli(bundle: Path, run_id: str | None, configs: list[str], overrides: dict, timeout=300, **popen):
+def run_cli(bundle: Path, run_id: str | None, configs: list[str], overrides: dict, timeout=300, extra=(), **popen):
     config_arg = (
         str(bundle / "configs" / configs[0])
         if len(configs) == 1
         else str([str(bundle / "configs" / c) for c in configs])
     )
     cmd = [sys.executable, "-m", "monai.bundle", "run"] + ([run_id] if run_id else [])
-    cmd += ["--config_file", config_arg] + cli_overrides(overrides)
+    cmd += ["--config_file", config_arg] + cli_overrides(overrides) + list(extra)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, **popen)
 
 
@@ -212,3 +212,19 @@ def test_ddp_two_cpu_processes(bundle3d, msd_dataset):
     assert not any(k.startswith("module.") for k in state["network"])  # saved unwrapped: loads without DDP
     # metrics are logged by rank 0 only
     assert (result.stdout + result.stderr).count("Key metric: val_mean_dice best value") == 1
+
+
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("mlflow") is None, reason="MLflow tracking needs the 'mlflow' extra"
+)
+def test_cli_tracking_mlflow_logs_scalar_per_class_metrics(bundle3d, msd_dataset):
+    import mlflow
+
+    overrides = {**FAST_3D, "dataset_dir": str(msd_dataset), "epochs": 1}
+    result = run_cli(bundle3d, "training", ["train.json"], overrides, extra=["--tracking", "mlflow"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{bundle3d / 'eval' / 'mlruns.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert runs
+    keys = set(runs[0].data.metrics)
+    assert {"train_loss", "val_mean_dice", "val_class_dice/dim_sphere", "val_class_dice/bright_sphere"} <= keys
