@@ -41,6 +41,9 @@ def _scan_interval(image_size: Sequence[int], roi_size: Sequence[int], overlap: 
     return tuple(intervals)
 
 
+_ARGMAX_PLANES = 8
+
+
 def _label_dtype(num_classes: int) -> torch.dtype:
     if num_classes <= 256:
         return torch.uint8
@@ -190,15 +193,19 @@ class SlabArgmaxInferer(Inferer):
                 nonlocal lo
                 assert scores is not None and labels is not None
                 start, stop = max(lo, pad_before[dim]), min(end, pad_before[dim] + image_size_[dim])
-                if stop > start:
-                    src = [slice(p, p + s) for p, s in zip(pad_before, image_size_)]
-                    src[dim] = slice(start - lo, stop - lo)
-                    dst = [slice(None)] * num_spatial_dims
-                    dst[dim] = slice(start - pad_before[dim], stop - pad_before[dim])
+                src = [slice(p, p + s) for p, s in zip(pad_before, image_size_)]
+                dst = [slice(None)] * num_spatial_dims
+                # a few planes at a time: argmax returns int64, 8 bytes a voxel, 8× the uint8 labels it fills
+                for z0 in range(start, stop, _ARGMAX_PLANES):
+                    z1 = min(stop, z0 + _ARGMAX_PLANES)
+                    src[dim] = slice(z0 - lo, z1 - lo)
+                    dst[dim] = slice(z0 - pad_before[dim], z1 - pad_before[dim])
                     labels[(b, 0, *dst)] = scores[(slice(None), *src)].argmax(0)
                 kept = hi - end
                 if kept > 0:
-                    tail = scores.narrow(dim + 1, end - lo, kept).clone()
+                    tail = scores.narrow(dim + 1, end - lo, kept)
+                    if end - lo < kept:  # a slab thinner than the window: the tail overlaps where it goes
+                        tail = tail.clone()
                     scores.narrow(dim + 1, 0, kept).copy_(tail)
                 scores.narrow(dim + 1, max(kept, 0), capacity - max(kept, 0)).zero_()
                 lo = end
