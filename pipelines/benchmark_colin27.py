@@ -67,7 +67,9 @@ Protocol, the same for every network:
 Outputs in ``--out`` (default ``pipelines/results/colin27/``): ``colin27_benchmark.md`` and ``.csv`` (the
 tables), ``colin27_curves.json`` (machine, settings, every row and its Dice curve), ``colin27_benchmark.png``
 (Dice over training time for all networks; prediction vs truth on axial slices of the held-out image for the
-ResUNet) and ``predictions/<network>.nii.gz`` (final label maps on the held-out image's grid).
+ResUNet), ``predictions/<network>.nii.gz`` (final label maps on the held-out image's grid) and
+``predictions/<network>.pt`` (final weights, a plain ``state_dict``: ``pipelines/benchmark_2d_vs_3d.py --colin27``
+runs them through the bundles' own inference).
 
 ``--quick``: 8 s per network, two networks, 32³ patches on 2 mm resampled data, evaluation every 4 s: a smoke
 test of the whole pipeline (a minute or so), not a measurement; it writes to ``$TMPDIR/monai_resunet_colin27_quick``
@@ -199,6 +201,8 @@ def bundle_recipe(config: Path, dataset_dir: str) -> dict[str, Any]:
         "seed": int(parser.get_parsed_content("seed")),
         "sw_batch_size": int(parser.get_parsed_content("validate#inferer#sw_batch_size")),
         "loss": parser.get_parsed_content("losses#dice_ce"),
+        "channels_last": bool(parser.get("channels_last", False)),
+        "cpu_bf16": bool(parser.get_parsed_content("cpu_bf16")) if "cpu_bf16" in parser else False,
     }
 
 
@@ -267,6 +271,7 @@ def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
     from tqdm import tqdm
 
     from monai_resunet.data import msd_datalist, read_dataset_json
+    from monai_resunet.networks import configure_execution
     from monai_resunet.transforms import segmentation_augmentation, segmentation_preprocessing
 
     torch.set_num_threads(settings.threads)
@@ -324,7 +329,11 @@ def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
         )
     baseline_rss = _maxrss_mib()
 
-    network = build_network(name, dataset_dir)
+    # the recipe's execution flags (memory layout, bf16 autocast on CPUs with bf16 units) apply to every network:
+    # they change how fast a network runs, not what it is, so no network is timed slower than the bundle's would be
+    network = configure_execution(
+        build_network(name, dataset_dir), "cpu", channels_last=recipe["channels_last"], cpu_bf16=recipe["cpu_bf16"]
+    )
     params = sum(p.numel() for p in network.parameters() if p.requires_grad)
     loss_fn = recipe["loss"]
     optimizer = torch.optim.AdamW(network.parameters(), lr=recipe["learning_rate"], weight_decay=recipe["weight_decay"])
@@ -407,6 +416,8 @@ def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
         nib.Nifti1Image(ev["prediction"][0].numpy().astype(np.uint8), label.affine.numpy()),
         str(pred_dir / f"{name}.nii.gz"),
     )
+    # the final weights, so pipelines/benchmark_2d_vs_3d.py --colin27 can run them through the bundles' inference
+    torch.save({k: v.contiguous() for k, v in network.state_dict().items()}, pred_dir / f"{name}.pt")
     reached = next((p["train_s"] for p in curve if p["mean_dice"] >= settings.target_dice), None)
     hd_values = [v for v in ev["hd95_mm"].values() if v is not None]
     return {

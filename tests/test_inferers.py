@@ -1,12 +1,8 @@
-"""``SlabArgmaxInferer``: the labels of MONAI's sliding window, slab by slab, with bounded memory; and the 3D bundle's
-inference wired to it through the config change handed to the bundle's owner (``LABEL_PATH`` below)."""
+"""``SlabArgmaxInferer``: the labels of MONAI's sliding window, slab by slab, with bounded memory. The 3D bundle's
+inference runs it by default: ``tests/test_label_inversion.py``."""
 
 from __future__ import annotations
 
-import json
-
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
@@ -14,10 +10,8 @@ from monai.inferers import SlidingWindowInferer
 from monai.transforms import Compose, EnsureChannelFirstd, Invertd, Orientationd, Spacingd
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from conftest import FAST_3D, copy_bundle, run_workflow
 from monai_resunet import ResUNet
 from monai_resunet.inference import SlabArgmaxInferer
-from monai_resunet.inference.segmenter import Segmenter
 
 ROI = (16, 16, 16)
 
@@ -160,120 +154,3 @@ def test_memory_bounded_by_the_slab_not_the_volume():
     window_batch = 2 * classes * roi[0] * roi[1] * roi[2] * 4  # the network's output for sw_batch_size windows
     assert slab.largest <= max(buffer, labels.numel(), window_batch), (slab.largest, buffer)
     assert slab.largest <= volume_scores / 4
-
-
-# The change handed to the owner of bundles/resunet3d_segmentation/configs/inference.json: the current
-# "inferer" and "postprocessing" move under a name, a label path is added, "inferer_name" picks one.
-# "inferers#sliding_window" and "postprocessings#sliding_window" are today's objects unchanged.
-LABEL_PATH = {
-    "inferer_name": "sliding_window",
-    "inferers": {
-        "sliding_window": {
-            "_target_": "SlidingWindowInferer",
-            "roi_size": "@patch_size",
-            "sw_batch_size": "@sw_batch_size",
-            "overlap": "@overlap",
-            "mode": "gaussian",
-            "sw_device": "@sw_device",
-            "device": "@stitch_device",
-        },
-        "slab_argmax": {
-            "_target_": "monai_resunet.inference.SlabArgmaxInferer",
-            "roi_size": "@patch_size",
-            "sw_batch_size": "@sw_batch_size",
-            "overlap": "@overlap",
-            "mode": "gaussian",
-            "slab_size": None,
-            "slab_dim": -1,
-            "sw_device": "@sw_device",
-            "device": "@stitch_device",
-        },
-    },
-    "inferer": "$@inferers[@inferer_name]",
-    "save_pred": {
-        "_target_": "SaveImaged",
-        "keys": "pred",
-        "output_dir": "@output_dir",
-        "output_ext": "@output_ext",
-        "output_dtype": "$numpy.uint8",
-        "output_postfix": "@output_postfix",
-        "resample": False,
-        "separate_folder": False,
-    },
-    "postprocessings": {
-        "sliding_window": [
-            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-            {
-                "_target_": "Invertd",
-                "keys": "pred",
-                "transform": "@preprocessing",
-                "orig_keys": "@image_key",
-                "nearest_interp": False,
-                "to_tensor": True,
-            },
-            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
-            "@save_pred",
-        ],
-        "slab_argmax": [
-            {
-                "_target_": "Invertd",
-                "keys": "pred",
-                "transform": "@preprocessing",
-                "orig_keys": "@image_key",
-                "nearest_interp": True,
-                "to_tensor": True,
-            },
-            "@save_pred",
-        ],
-    },
-    "postprocessing": {"_target_": "Compose", "transforms": "$@postprocessings[@inferer_name]"},
-}
-
-
-def test_bundle_label_path(tmp_path, msd_dataset):
-    bundle = copy_bundle("resunet3d_segmentation", tmp_path)
-    config_path = bundle / "configs" / "inference.json"
-    config = json.loads(config_path.read_text())
-    old = {k: config[k] for k in ("inferer", "postprocessing")}
-    config.update(LABEL_PATH)
-    config_path.write_text(json.dumps(config, indent=4))
-    # the patch keeps today's objects, spelled as they are
-    assert LABEL_PATH["inferers"]["sliding_window"] == old["inferer"]
-    assert LABEL_PATH["postprocessings"]["sliding_window"][:3] == old["postprocessing"]["transforms"][:3]
-    assert LABEL_PATH["save_pred"] == old["postprocessing"]["transforms"][3]
-
-    # one set of weights for both paths
-    net_overrides = {k: v for k, v in FAST_3D.items() if k.startswith("network_def")}
-    torch.manual_seed(0)
-    weights = ResUNet(3, 1, 3, features=(8, 16, 32), encoder_blocks=1, norm=("instance", {"affine": True}),
-                      act=("leakyrelu", {"negative_slope": 0.01, "inplace": True}), downsample="conv")  # fmt: skip
-    (bundle / "models").mkdir(exist_ok=True)
-    torch.save(weights.state_dict(), bundle / "models" / "model.pt")
-
-    outputs = {}
-    for name in ("sliding_window", "slab_argmax"):
-        out = tmp_path / name
-        wf = run_workflow(bundle, ["inference.json"], "infer", dataset_dir=str(msd_dataset), output_dir=str(out),
-                          inferer_name=name, patch_size=[16, 16, 16], **net_overrides)  # fmt: skip
-        inferer = wf.parser.get_parsed_content("inferer")
-        assert type(inferer) is (SlabArgmaxInferer if name == "slab_argmax" else SlidingWindowInferer)
-        outputs[name] = sorted(out.glob("*_seg.nii.gz"))
-    images = sorted((msd_dataset / "imagesTs").glob("*.nii.gz"))
-    assert len(outputs["slab_argmax"]) == len(outputs["sliding_window"]) == len(images) > 0
-    for image, default, label in zip(images, outputs["sliding_window"], outputs["slab_argmax"]):
-        src, a, b = nib.load(image), nib.load(default), nib.load(label)
-        assert b.shape == a.shape == src.shape
-        np.testing.assert_allclose(b.affine, src.affine, atol=1e-4)
-        assert b.get_data_dtype() == np.uint8
-        la, lb = np.asarray(a.dataobj), np.asarray(b.dataobj)
-        assert set(np.unique(lb)) <= {0, 1, 2}
-        # the same model-grid labels; only the way back to the scan's grid differs (nearest-neighbour labels vs
-        # bilinear probabilities then arg-max), which moves boundary voxels of this noisy random network only
-        assert (la == lb).mean() > 0.8
-
-    # Segmenter (and so the CLI) builds from the same config: the label path is one override away
-    seg = Segmenter.from_bundle(bundle, device="cpu", inferer_name="slab_argmax", patch_size=[16, 16, 16],
-                                **net_overrides)  # fmt: skip
-    label = seg(str(images[0]))
-    assert label.dtype == torch.uint8
-    np.testing.assert_array_equal(label[0].numpy(), np.asarray(nib.load(outputs["slab_argmax"][0]).dataobj))

@@ -156,3 +156,59 @@ def test_onnx_export_matches_eager(tmp_path, dims, size, up):
     (onnx_out,) = session.run(None, {"image": x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(onnx_out), net(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dims,size", [(2, (37, 30)), (3, (19, 16, 21))])
+def test_stem_stride_keeps_the_input_size_and_adds_a_full_resolution_stage(dims, size):
+    net = ResUNet(dims, 1, 3, features=(8, 16, 32), stem_stride=2, up_kernel_size=1)
+    assert net.divisor == 8  # 2 down-samplings between levels × the stem's 2
+    assert net.encoder[0][0].body[0].conv.stride == (2,) * dims  # the stem runs stride 2
+    assert net.full_res is not None and net.head.conv.in_channels == 4  # features[0] // 2 at full resolution
+    out = net(torch.rand(2, 1, *size))
+    assert out.shape == (2, 3, *size)
+    out.sum().backward()  # every parameter, the stem and the full-resolution stage included, gets a gradient
+    assert all(p.grad is not None for p in net.parameters())
+    wide = ResUNet(dims, 1, 3, features=(8, 16, 32), stem_stride=2, full_res_features=6)
+    assert wide.head.conv.in_channels == 6
+    with torch.no_grad():
+        scripted = torch.jit.script(net.eval())
+        x = torch.rand(1, 1, *size)
+        torch.testing.assert_close(scripted(x), net(x))
+
+
+def test_stem_arguments_are_checked():
+    with pytest.raises(ValueError, match="stem_stride must be 1 or 2"):
+        ResUNet(3, 1, 2, features=(8, 16), stem_stride=4)
+    with pytest.raises(ValueError, match="full_res_features needs stem_stride=2"):
+        ResUNet(3, 1, 2, features=(8, 16), full_res_features=4)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_one_by_one_up_convolution_runs_before_the_interpolation_with_the_same_result(dims):
+    from monai_resunet.networks import ResUpBlock
+
+    torch.manual_seed(0)
+    block = ResUpBlock(dims, 8, 4, 4, up_kernel_size=1, act=("leakyrelu", {"negative_slope": 0.1})).eval()
+    x = torch.randn(1, 8, *(5,) * dims)
+    conv = block.up.preconv.conv  # a 1×1 convolution, applied at the coarse resolution
+    reference = torch.nn.functional.leaky_relu(
+        conv(torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")), 0.1
+    )  # the textbook order: up-sample, then convolve
+    with torch.no_grad():
+        torch.testing.assert_close(block.up(x), reference)
+
+
+@pytest.mark.parametrize("dims,layout", [(2, torch.channels_last), (3, torch.channels_last_3d)])
+def test_channels_last_changes_the_layout_not_the_result(dims, layout):
+    from monai_resunet.networks import to_channels_last
+
+    net = ResUNet(dims, 1, 2, features=(4, 8, 16), stem_stride=2, up_kernel_size=1).eval()
+    x = torch.rand(2, 1, *(24,) * dims)
+    with torch.no_grad():
+        expected = net(x)
+        assert to_channels_last(net, enabled=False) is net and net.head.conv.weight.is_contiguous()
+        converted = to_channels_last(net)
+        assert converted.head.conv.weight.is_contiguous(memory_format=layout)
+        torch.testing.assert_close(converted(x), expected, rtol=1e-4, atol=1e-5)
+    state = converted.state_dict()  # loads into a plain network: a layout, not different weights
+    ResUNet(dims, 1, 2, features=(4, 8, 16), stem_stride=2, up_kernel_size=1).load_state_dict(state)

@@ -169,7 +169,8 @@ class Segmenter:
         inputs = data[self.image_key][None].to(self.device)
         with torch.autocast(self.device.type, enabled=self.amp and self.device.type == "cuda"):
             logits = self.inferer(inputs, self.network)
-        data["pred"] = logits[0].float()
+        # class scores go on in float32 (from AMP's float16 too); a label map (SlabArgmaxInferer) stays integer
+        data["pred"] = logits[0].float() if logits.is_floating_point() else logits[0]
         data = self.postprocessing(data)
         return data["pred"].to(torch.uint8 if len(self.class_names) <= 256 else torch.int32).cpu()
 

@@ -72,6 +72,9 @@ def _properties_mtime(bundle_path: str | os.PathLike) -> float:
     return os.stat(path).st_mtime if os.path.exists(path) else 0.0
 
 
+_SCORES = "resunet_scores"  # request flag: run the bundle's score_inferer (class scores, not labels)
+
+
 class ResUNetInferTask(BundleInferTask):
     """``BundleInferTask`` for the ResUNet bundles (see the module docstring).
 
@@ -134,12 +137,19 @@ class ResUNetInferTask(BundleInferTask):
             out.setdefault(k, v)
         return out
 
+    def inferer(self, data=None):
+        """The bundle's ``inferer``; for :meth:`predict`, its ``score_inferer`` when it has one (the 3D bundle's
+        ``inferer`` returns labels, slab by slab, and scoring needs the class scores)."""
+        if data is not None and data.get(_SCORES) and self.bundle_config.get("score_inferer"):
+            return self.bundle_config.get_parsed_content("score_inferer", instantiate=True)
+        return super().inferer(data)
+
     def predict(self, image: str, device: str | None = None) -> torch.Tensor:
         """The network's output (logits, channel first) for ``image`` on the pre-processed grid (the body crop
         at the model's spacing), without post-processing: what uncertainty scoring needs."""
         self.refresh()
         req = copy.deepcopy(self._config)
-        req.update({"image": image, "image_path": image, "logging": "WARNING"})
+        req.update({"image": image, "image_path": image, "logging": "WARNING", _SCORES: True})
         req["device"] = name_to_device(device or req.get("device", "cuda"))
         data = self.run_pre_transforms(req, self.pre_transforms(req))
         data = self.run_inferer(data, device=req["device"])

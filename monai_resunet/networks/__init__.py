@@ -7,9 +7,18 @@ from monai_resunet.networks.blocks import (
     ResidualStage,
     ResUpBlock,
 )
+from monai_resunet.networks.execution import (
+    autocast_cpu_bf16,
+    configure_execution,
+    cpu_has_bf16,
+    to_channels_last,
+)
 from monai_resunet.networks.resunet import RESUNET_PRESETS, ResUNet
 
 __all__ = [
+    "autocast_cpu_bf16",
+    "configure_execution",
+    "cpu_has_bf16",
     "RESIDUAL_BLOCKS",
     "RESUNET_PRESETS",
     "ResidualBasicBlock",
@@ -17,4 +26,5 @@ __all__ = [
     "ResidualStage",
     "ResUNet",
     "ResUpBlock",
+    "to_channels_last",
 ]

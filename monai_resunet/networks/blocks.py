@@ -244,7 +244,15 @@ class ResUpBlock(nn.Module):
         **kwargs,
     ) -> None:
         super().__init__()
-        if upsample == "nontrainable":
+        if upsample == "nontrainable" and up_kernel_size == 1 and interp_mode == "nearest":
+            # a 1×1 convolution (and its activation) commutes with nearest up-sampling: running it first, at the
+            # coarse resolution, gives the same output for 1/2**spatial_dims of the work
+            conv = Convolution(spatial_dims, in_channels, out_channels, kernel_size=1, act=act, norm=None, bias=bias)
+            self.up: nn.Module = UpSample(
+                spatial_dims, in_channels, out_channels, scale_factor=2, mode="nontrainable", pre_conv=conv,
+                interp_mode="nearest", align_corners=None,
+            )  # fmt: skip
+        elif upsample == "nontrainable":
             far_side_pad = [0, 1] * spatial_dims if up_kernel_size % 2 == 0 else [0, 0] * spatial_dims
             post_conv = nn.Sequential(
                 Pad[Pad.CONSTANTPAD, spatial_dims](padding=tuple(far_side_pad), value=0.0),
@@ -253,7 +261,7 @@ class ResUpBlock(nn.Module):
                     padding=0 if up_kernel_size % 2 == 0 else up_kernel_size // 2, act=act, norm=None, bias=bias,
                 ),
             )  # fmt: skip
-            self.up: nn.Module = UpSample(
+            self.up = UpSample(
                 spatial_dims, in_channels, in_channels, scale_factor=2, mode="nontrainable",
                 pre_conv=None, post_conv=post_conv, interp_mode=interp_mode,
                 align_corners=None if interp_mode == "nearest" else True,
