@@ -16,32 +16,40 @@ instead of waking the kernel's OOM killer on a shared machine.
 
 Sections (``--sections``, default all):
 
+The network everywhere is the 3D bundle's as its config builds it: ``network_def`` (ResUNet, ``stem_stride`` 2,
+``up_kernel_size`` 1) through ``monai_resunet.networks.configure_execution`` with the config's ``channels_last``
+and ``cpu_bf16`` flags (``cpu_bf16`` = ``cpu_has_bf16()``: bfloat16 autocast on CPUs with bf16 units).
+
 * ``inference``: the bundle's inference on a synthetic int16 CT NIfTI (``--shape``, 0.7×0.7×1.0 mm, written
   first): each transform of ``segmentation_preprocessing`` timed on its own, the network (sum of its calls
   inside the sliding window, timed by a wrapper), window stitching (inferer time minus network time),
-  inversion (``Invertd``), arg-max and writing (``SaveImaged``), with the peak RSS after every stage; the
-  network's GFLOP/s (``FlopCounterMode`` FLOPs of one window × windows / network time) next to a plain
-  ``Conv3d(32, 32, 3)`` on a 96³ tensor measured in the same process. Two pipelines: the bundle's
-  (``SlidingWindowInferer`` → softmax → ``Invertd`` bilinear → arg-max) and the label path
-  (``SlabArgmaxInferer`` → ``Invertd`` nearest).
-* ``memory``: the same two pipelines, plus the label path with leaner pre-processing, on ``--memory-shape``
-  (``--memory-network stub`` puts ``ScoreStub``, a per-class scaling of the input, in the network's place: minutes
-  instead of hours on a CPU; the real network's activations, measured in ``knobs``, are added to the network stage
-  as an estimate).
+  inversion, arg-max and writing (``SaveImaged``), with the peak RSS after every stage; the network's GFLOP/s
+  (``FlopCounterMode`` FLOPs of one window × windows / network time) next to a plain ``Conv3d(32, 32, 3)`` on a
+  96³ tensor measured in the same process, in float32 and under bf16 autocast (where the CPU has bf16 units).
+  Three pipelines: ``bundle``, the bundle's label path (``SlabArgmaxInferer`` with the config's ``slab_dim`` →
+  ``InvertLabelMapd`` → ``SaveImaged``); ``scores``, the class-score path it replaced (``SlidingWindowInferer``
+  → softmax → ``Invertd`` bilinear → arg-max); ``labels + Invertd`` (``SlabArgmaxInferer`` → ``Invertd``
+  nearest, the label path before ``InvertLabelMapd``).
+* ``memory``: the same three pipelines on ``--memory-shape`` (``--memory-network stub`` puts ``ScoreStub``, a
+  per-class scaling of the input, in the network's place: minutes instead of hours on a CPU; the real network's
+  activations, measured in ``knobs``, are added to the network stage as an estimate).
 * ``inferers``: stitching alone (``ScoreStub`` stands in for the network) on the resampled grid of
   ``--shape`` and ``--memory-shape``: ``SlidingWindowInferer`` (+ arg-max), with ``buffer_steps``, and
   ``SlabArgmaxInferer`` with several slab sizes and both slab axes.
-* ``knobs``: the network on ``sw_batch_size`` windows: threads, ``torch.inference_mode`` vs ``no_grad``,
-  ``channels_last_3d``, ``sw_batch_size``.
-* ``preprocessing``: ``segmentation_preprocessing`` as the library builds it vs float32 resampling, int16
-  loading, and cropping before resampling (time, peak RSS, difference to the library's output).
-* ``training``: the bundle's ``train.json`` transforms, network, loss and optimizer on the demo data
-  (``monai_resunet.data.make_demo_dataset``): iterations/s and the split of each iteration into waiting for
-  the data loader and forward/backward/step, for ``Dataset``/``CacheDataset`` × ``DataLoader`` (0 or 2
-  workers)/``ThreadDataLoader``.
-* ``agreement``: ``SlabArgmaxInferer`` labels vs the ``SlidingWindowInferer`` arg-max (model grid), and the
-  label path vs the bundle's path on the input grid (+ Dice against the ground truth), on demo volumes, with
-  ``--checkpoint`` weights if given (random weights otherwise, said so in the table).
+* ``knobs``: the network on ``sw_batch_size`` windows: the bundle's execution flags (baseline) vs float32
+  contiguous, channels-last only and bf16 only; threads, ``torch.inference_mode`` vs ``no_grad``,
+  ``sw_batch_size``.
+* ``preprocessing``: ``segmentation_preprocessing`` as the library builds it (body crop, then float32
+  resampling) vs its previous chain (float64 resampling of the whole field of view, then the crop) and int16
+  loading (time, peak RSS, difference to the library's output).
+* ``training``: the bundle's ``train.json`` transforms, network (with its execution flags), loss and optimizer on
+  the demo data (``monai_resunet.data.make_demo_dataset``): iterations/s and the split of each iteration into
+  waiting for the data loader and forward/backward/step, for ``Dataset``/``CacheDataset`` × ``DataLoader`` (0 or
+  2 workers)/``ThreadDataLoader``.
+* ``agreement``: ``SlabArgmaxInferer`` labels vs the ``SlidingWindowInferer`` arg-max (model grid), the bundle's
+  label path vs the class-score path on the input grid (+ Dice against the ground truth), and ``InvertLabelMapd``
+  vs ``Invertd`` nearest, on demo volumes, with ``--checkpoint`` weights if given (random weights otherwise, said
+  so in the table).
 """
 
 from __future__ import annotations
@@ -143,32 +151,88 @@ class TimedNetwork:
         return out
 
 
-def build_network(classes: int, overrides: dict | None = None):
-    """The 3D bundle's ``network_def`` from its ``inference.json`` (random weights), ``out_channels=classes``,
-    with ``overrides`` of its arguments (``--quick`` only)."""
+def bundle_parser(config: str = "inference.json"):
+    """A ``ConfigParser`` on one of the 3D bundle's configs, with ``device`` set to the CPU."""
     from monai.bundle import ConfigParser
 
-    import monai_resunet  # noqa: F401 - registers ResUNet for the config parser
+    import monai_resunet  # noqa: F401 - registers the package's names (ResUNet, ...) for the config parser
 
     parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    parser.read_config(str(BUNDLE / "configs" / config))
+    parser["device"] = "cpu"
+    return parser
+
+
+def bundle_execution_flags() -> dict[str, bool]:
+    """``channels_last`` and ``cpu_bf16`` as the 3D bundle's ``inference.json`` evaluates them on this machine
+    (``cpu_bf16`` is ``$monai_resunet.networks.cpu_has_bf16()`` there)."""
+    parser = bundle_parser()
+    return {key: bool(parser.get_parsed_content(key)) for key in ("channels_last", "cpu_bf16")}
+
+
+def build_network(
+    classes: int,
+    overrides: dict | None = None,
+    channels_last: bool | None = None,
+    cpu_bf16: bool | None = None,
+):
+    """The 3D bundle's network as its ``inference.json`` runs it on the CPU (random weights): ``network_def``
+    with ``out_channels=classes`` and ``overrides`` of its arguments (``--quick`` only), in eval mode, through
+    ``monai_resunet.networks.configure_execution`` with the bundle's ``channels_last`` and ``cpu_bf16`` flags, or
+    with either flag overridden here (``None``: the bundle's value; the knobs section measures each)."""
+    from monai_resunet.networks import configure_execution
+
+    parser = bundle_parser()
     parser["num_classes"] = classes
     for key, value in (overrides or {}).items():
         parser[f"network_def#{key}"] = value
-    return parser.get_parsed_content("network_def", instantiate=True).eval()
+    flags = bundle_execution_flags()
+    if channels_last is not None:
+        flags["channels_last"] = channels_last
+    if cpu_bf16 is not None:
+        flags["cpu_bf16"] = cpu_bf16
+    network = parser.get_parsed_content("network_def", instantiate=True).eval()
+    return configure_execution(network, "cpu", **flags)
 
 
 def bundle_inferer_settings() -> dict[str, Any]:
-    """``sw_batch_size``, ``overlap`` and ``mode`` of the 3D bundle's inferer, as its ``inference.json`` builds it."""
-    from monai.bundle import ConfigParser
+    """``sw_batch_size``, ``overlap``, ``mode``, ``slab_dim`` and ``slab_size`` of the 3D bundle's inferer (a
+    ``SlabArgmaxInferer``), as its ``inference.json`` builds it."""
+    inferer = bundle_parser().get_parsed_content("inferer")
+    return {
+        "sw_batch_size": int(inferer.sw_batch_size),
+        "overlap": inferer.overlap,
+        "mode": str(getattr(inferer.mode, "value", inferer.mode)),  # a BlendMode, stored by look_up_option
+        "slab_dim": int(inferer.slab_dim),
+        "slab_size": inferer.slab_size,  # None: one window's depth
+    }
 
-    import monai_resunet  # noqa: F401 - registers the package's names for the config parser
 
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
-    parser["device"] = "cpu"
-    inferer = parser.get_parsed_content("inferer")
-    return {"sw_batch_size": inferer.sw_batch_size, "overlap": inferer.overlap, "mode": str(inferer.mode.value)}
+def network_description(overrides: dict | None = None) -> str:
+    """The network of this benchmark in words, from the bundle's ``network_def`` and execution flags."""
+    parser = bundle_parser()
+    net = dict(parser.get("network_def"))
+    net.update(overrides or {})
+    features = net.get("features", [])
+    blocks = net.get("encoder_blocks")
+    norm = net.get("norm")
+    stem = int(net.get("stem_stride", 1))
+    parts = [
+        f"{net.get('_target_', '?')} features {features[0]}…{features[-1]}" if features else str(net.get("_target_")),
+        "encoder blocks " + ("-".join(map(str, blocks)) if isinstance(blocks, list) else str(blocks)),
+        f"{norm[0] if isinstance(norm, (list, tuple)) else norm} norm",
+        f"{net.get('downsample', '?')} down-sampling",
+        f"stem_stride {stem}" + (" (the top level runs at half resolution)" if stem == 2 else ""),
+        f"up_kernel_size {net.get('up_kernel_size', 2)}",
+    ]
+    flags = bundle_execution_flags()
+    raw_bf16 = parser.get("cpu_bf16")
+    bf16 = f"`{raw_bf16.lstrip('$')}`" if isinstance(raw_bf16, str) and raw_bf16.startswith("$") else "set"
+    return (
+        f"{', '.join(parts)}; execution flags (`configure_execution`): channels_last={flags['channels_last']}, "
+        f"cpu_bf16={flags['cpu_bf16']} ({bf16} in the config: bfloat16 autocast of the network's forward on CPU "
+        "inputs, float32 outputs)"
+    )
 
 
 class ScoreStub(torch.nn.Module):
@@ -193,21 +257,29 @@ def count_flops(network: Any, shape: Sequence[int]) -> int:
 
 
 def conv_reference(size: int, threads: int, repeats: int = 3) -> dict[str, float]:
-    """GFLOP/s of one plain ``Conv3d(32, 32, 3, padding=1)`` on a ``(1, 32, size³)`` tensor: what this machine's
-    convolution kernels reach right now, the yardstick for the network's rate."""
+    """GFLOP/s of one plain ``Conv3d(32, 32, 3, padding=1)`` on a contiguous ``(1, 32, size³)`` tensor: what this
+    machine's convolution kernels reach right now, the yardstick for the network's rate. In float32, and under
+    ``torch.autocast("cpu", bfloat16)`` too where the CPU has bf16 units (the bundle's network then runs so)."""
+    from monai_resunet.networks import cpu_has_bf16
 
     torch.set_num_threads(threads)
     conv = torch.nn.Conv3d(32, 32, 3, padding=1).eval()
     x = torch.randn(1, 32, size, size, size)
-    flops = count_flops(conv, x.shape)  # also the warm-up
-    times = []
-    with torch.inference_mode():
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            conv(x)
-            times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
-    return {"conv_gflop": flops / 1e9, "conv_s": med, "conv_gflops_per_s": flops / 1e9 / med}
+    flops = count_flops(conv, x.shape)  # the same FLOPs in either precision
+    precisions = [("", False)] + ([("_bf16", True)] if cpu_has_bf16() else [])
+    result = {"conv_gflop": flops / 1e9}
+    for suffix, bf16 in precisions:
+        times = []
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            conv(x)  # warm-up: oneDNN creates the primitive for this precision
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                conv(x)
+                times.append(time.perf_counter() - t0)
+        med = statistics.median(times)
+        result[f"conv{suffix}_s"] = med
+        result[f"conv{suffix}_gflops_per_s"] = flops / 1e9 / med
+    return result
 
 
 def write_synthetic_ct(path: Path, shape: Sequence[int], spacing: Sequence[float] = CT_SPACING, seed: int = 0) -> Path:
@@ -266,15 +338,18 @@ def _stage_name(transform: Any) -> str:
     return names.get(type(transform).__name__, f"pre: {type(transform).__name__}")
 
 
+PREPROCESSING_VARIANTS = ("library", "float64_resample_first", "int16")
+
+
 def preprocessing_chain(variant: str = "library", modality: str = "CT", pixdim: Sequence[float] = PIXDIM) -> list:
     """``segmentation_preprocessing`` for one image key, as the library builds it, or a variant of it.
 
-    ``library``: as is (``LoadImaged`` → float32, ``Spacingd`` resampling in float64, MONAI's default).
-    ``float32``: ``Spacingd(dtype=float32)``. ``int16``: also ``LoadImaged(dtype=None)``, so the file's int16
-    stays int16 until resampling casts it. ``crop_first``: ``int16`` with the body crop before resampling, so
-    only the body is resampled (the grid then starts at the crop, within a voxel of the library's).
+    ``library``: as is (``LoadImaged`` → float32, the body crop before ``Spacingd``, resampling in float32).
+    ``float64_resample_first``: the library's previous chain, for comparison: ``Spacingd`` with MONAI's default
+    dtype (float64) before ``CropForegroundd``, so the whole field of view is resampled and the crop is taken on
+    the resampled grid (which therefore starts elsewhere, within a voxel of the library's). ``int16``: the library
+    chain with ``LoadImaged(dtype=None)``, so the file's int16 stays int16 until resampling casts it.
     """
-    import numpy as np
     from monai.transforms import CropForegroundd, LoadImaged, Spacingd
 
     from monai_resunet.transforms import segmentation_preprocessing
@@ -284,19 +359,15 @@ def preprocessing_chain(variant: str = "library", modality: str = "CT", pixdim: 
     )
     if variant == "library":
         return chain
-    out = []
-    for t in chain:
-        if isinstance(t, Spacingd):
-            t = Spacingd("image", pixdim=pixdim, mode="bilinear", dtype=np.float32)
-        elif isinstance(t, LoadImaged) and variant in ("int16", "crop_first"):
-            t = LoadImaged("image", image_only=True, dtype=None)
-        out.append(t)
-    if variant == "crop_first":
-        crop = next(i for i, t in enumerate(out) if isinstance(t, CropForegroundd))
-        spacing = next(i for i, t in enumerate(out) if isinstance(t, Spacingd))
-        out.insert(spacing, out.pop(crop))
-    elif variant not in ("float32", "int16"):
+    if variant == "int16":
+        return [LoadImaged("image", image_only=True, dtype=None) if isinstance(t, LoadImaged) else t for t in chain]
+    if variant != "float64_resample_first":
         raise ValueError(f"unknown pre-processing variant {variant!r}")
+    out = [Spacingd("image", pixdim=pixdim, mode="bilinear") if isinstance(t, Spacingd) else t for t in chain]
+    crop = next(i for i, t in enumerate(out) if isinstance(t, CropForegroundd))
+    spacing = next(i for i, t in enumerate(out) if isinstance(t, Spacingd))
+    if crop < spacing:  # the old order: resample the whole field of view, then crop
+        out.insert(crop, out.pop(spacing))
     return out
 
 
@@ -324,14 +395,26 @@ def chunked_argmax(pred, out_dtype=None):
 # ----------------------------------------------------------------------------------------------------------------
 
 
+# the pipelines of child_inference: the bundle's label path, the class-score path it replaced, and the label path
+# with MONAI's Invertd in place of InvertLabelMapd (what the label path was before it), so that its effect shows
+PIPELINES = ("bundle", "scores", "labels_invertd")
+
+
 def child_inference(p: dict) -> dict:
-    """One end-to-end inference of ``p["image"]``: ``p["pipeline"]`` is ``"bundle"`` or ``"label"``."""
+    """One end-to-end inference of ``p["image"]``; ``p["pipeline"]`` (see ``PIPELINES``) is ``"bundle"`` (the
+    bundle's ``SlabArgmaxInferer`` → ``InvertLabelMapd`` → ``SaveImaged``), ``"scores"`` (``SlidingWindowInferer``
+    → softmax → ``Invertd`` bilinear → arg-max → ``SaveImaged``) or ``"labels_invertd"`` (``SlabArgmaxInferer`` →
+    ``Invertd(nearest_interp=True)`` → ``SaveImaged``)."""
     import numpy as np
     from monai.inferers import SlidingWindowInferer
     from monai.transforms import Activationsd, AsDiscreted, Compose, Invertd, SaveImaged
 
     from monai_resunet.inference.inferers import SlabArgmaxInferer
+    from monai_resunet.transforms import InvertLabelMapd
 
+    pipeline = p["pipeline"]
+    if pipeline not in PIPELINES:
+        raise ValueError(f"unknown pipeline {pipeline!r}")
     torch.set_num_threads(p["threads"])
     result: dict[str, Any] = {"baseline_mib": maxrss_mib(), "load_start": loadavg()}
     clock = Clock()
@@ -339,21 +422,27 @@ def child_inference(p: dict) -> dict:
     data = run_preprocessing(chain, p["image"], clock)
     result["model_grid"] = list(data["image"].shape[1:])
 
-    torch.manual_seed(0)  # the same random weights in both pipelines' processes, so their labels compare
+    torch.manual_seed(0)  # the same random weights in every pipeline's process, so their labels compare
     if p.get("network_stub"):
         # memory runs on long scans: the stitching, resampling and writing are what grow with the scan; the
         # network's activations are per window batch (the knobs section measures them)
         network = ScoreStub(p["classes"])
     else:
-        network = build_network(p["classes"], p.get("network"))
+        result["execution"] = bundle_execution_flags()
+        network = build_network(p["classes"], p.get("network"), **result["execution"])
     timed = TimedNetwork(network)
     roi = p["roi"]
     settings = bundle_inferer_settings()
-    if p["pipeline"] == "bundle":
+    if pipeline == "scores":
         inferer = SlidingWindowInferer(roi, settings["sw_batch_size"], settings["overlap"], mode=settings["mode"])
-    else:
+    else:  # both label pipelines run the bundle's inferer as its config sets it up
         inferer = SlabArgmaxInferer(
-            roi, settings["sw_batch_size"], settings["overlap"], mode=settings["mode"], slab_size=p.get("slab_size")
+            roi,
+            settings["sw_batch_size"],
+            settings["overlap"],
+            mode=settings["mode"],
+            slab_size=settings["slab_size"],
+            slab_dim=settings["slab_dim"],
         )
     inputs = data["image"][None]
     w0, c0 = time.perf_counter(), time.process_time()
@@ -364,30 +453,32 @@ def child_inference(p: dict) -> dict:
     clock.add("stitching", total - timed.seconds, total_cpu - timed.cpu_seconds)
     del inputs
     if p.get("save_model_grid"):  # for the agreement of the two inferers; after the inferer, outside the stages
-        grid = chunked_argmax(pred) if p["pipeline"] == "bundle" else pred.as_tensor()
+        grid = chunked_argmax(pred) if pipeline == "scores" else pred.as_tensor()
         np.save(p["save_model_grid"], grid.numpy().astype(np.uint8))
         del grid
     data["pred"] = pred[0]
     del pred
-    invert = Invertd(
-        "pred", transform=Compose(chain), orig_keys="image", nearest_interp=p["pipeline"] == "label", to_tensor=True
-    )
     save = SaveImaged(
         "pred",
         output_dir=p["out_dir"],
         output_ext=".nii.gz",
         output_dtype=np.uint8,
-        output_postfix=p["pipeline"],
+        output_postfix=pipeline,
         resample=False,
         separate_folder=False,
         print_log=False,
     )
-    if p["pipeline"] == "bundle":
+    if pipeline == "bundle":
+        invert = InvertLabelMapd("pred", transform=Compose(chain), orig_key="image")
+        data = clock.run("inversion (InvertLabelMapd)", lambda d=data: invert(d))
+    elif pipeline == "scores":
+        invert = Invertd("pred", transform=Compose(chain), orig_keys="image", nearest_interp=False, to_tensor=True)
         data = clock.run("softmax", lambda d=data: Activationsd("pred", softmax=True)(d))
-        data = clock.run("inversion (Invertd)", lambda d=data: invert(d))
+        data = clock.run("inversion (Invertd, bilinear)", lambda d=data: invert(d))
         data = clock.run("arg-max", lambda d=data: AsDiscreted("pred", argmax=True)(d))
     else:
-        data = clock.run("inversion (Invertd)", lambda d=data: invert(d))
+        invert = Invertd("pred", transform=Compose(chain), orig_keys="image", nearest_interp=True, to_tensor=True)
+        data = clock.run("inversion (Invertd, nearest)", lambda d=data: invert(d))
     clock.run("write (NIfTI)", lambda d=data: save(d))
     result["output_shape"] = list(data["pred"].shape[1:])
     peak = maxrss_mib()
@@ -447,15 +538,17 @@ def child_inferer(p: dict) -> dict:
 
 
 def child_knob(p: dict) -> dict:
-    """The network on one batch of ``sw_batch_size`` windows under one setting."""
+    """The network on one batch of ``sw_batch_size`` windows under one setting; ``p["channels_last"]`` and
+    ``p["cpu_bf16"]`` override the bundle's execution flags (absent: the bundle's)."""
 
     torch.set_num_threads(p["threads"])
     torch.manual_seed(0)
-    network = build_network(p["classes"], p.get("network"))
+    flags = bundle_execution_flags()
+    flags.update({k: bool(p[k]) for k in flags if p.get(k) is not None})
+    network = build_network(p["classes"], p.get("network"), **flags)
+    # a contiguous input, as the inferers cut windows: channels-last weights make the first convolution's output
+    # channels-last, and every later layer follows
     x = torch.randn(p["sw_batch_size"], 1, *p["roi"])
-    if p.get("channels_last"):
-        network = network.to(memory_format=torch.channels_last_3d)
-        x = x.contiguous(memory_format=torch.channels_last_3d)
     grad_mode = torch.inference_mode if p.get("inference_mode") else torch.no_grad
     base = maxrss_mib()
     times = []
@@ -478,6 +571,7 @@ def child_knob(p: dict) -> dict:
         "rise_mib": maxrss_mib() - base,
         "cpu_share": cpu_share,
         "times": timed,
+        "execution": flags,
     }
 
 
@@ -519,6 +613,8 @@ def child_training(p: dict) -> dict:
         parser[f"network_def#{key}"] = value
     preprocessing = parser.get_parsed_content("train#preprocessing")
     datalist = parser.get_parsed_content("train#dataset#data")
+    # the config's "network" entry, not "network_def": it applies the bundle's execution flags (channels-last,
+    # bf16 autocast on a CPU with bf16 units) through configure_execution, as the bundle's training does
     network = parser.get_parsed_content("network").train()
     loss_fn = parser.get_parsed_content("loss")
     optimizer = parser.get_parsed_content("optimizer")
@@ -527,6 +623,7 @@ def child_training(p: dict) -> dict:
         "cases": len(datalist),
         "batch_size": batch_size,
         "num_samples": parser.get_parsed_content("num_samples"),
+        "execution": {key: bool(parser.get_parsed_content(key)) for key in ("channels_last", "cpu_bf16")},
     }
     t0 = time.perf_counter()
     if p["dataset"] == "CacheDataset":
@@ -579,8 +676,9 @@ def child_training(p: dict) -> dict:
 
 def child_agreement(p: dict) -> dict:
     """On labelled demo volumes: SlabArgmaxInferer vs SlidingWindowInferer arg-max on the model grid, and the
-    label path (arg-max → ``Invertd`` nearest) vs the bundle's (softmax → ``Invertd`` bilinear → arg-max) on the
-    input grid, with Dice of each against the ground truth."""
+    bundle's label path (``SlabArgmaxInferer`` → ``InvertLabelMapd``) vs the class-score path (softmax →
+    ``Invertd`` bilinear → arg-max) on the input grid, with Dice of each against the ground truth; and
+    ``InvertLabelMapd`` vs ``Invertd(nearest_interp=True)`` on the same labels."""
     import nibabel as nib
     import numpy as np
     from monai.inferers import SlidingWindowInferer
@@ -589,10 +687,11 @@ def child_agreement(p: dict) -> dict:
     from monai_resunet.data import make_demo_dataset
     from monai_resunet.inference.inferers import SlabArgmaxInferer
     from monai_resunet.inference.segmenter import load_checkpoint
+    from monai_resunet.transforms import InvertLabelMapd
 
     torch.set_num_threads(p["threads"])
     torch.manual_seed(0)
-    network = build_network(3, p.get("network"))
+    network = build_network(3, p.get("network"))  # with the bundle's execution flags, as it runs
     weights = "random (seed 0)"
     if p.get("checkpoint"):
         load_checkpoint(network, p["checkpoint"])
@@ -600,6 +699,7 @@ def child_agreement(p: dict) -> dict:
     chain = preprocessing_chain("library", modality="MR")
     settings = bundle_inferer_settings()
     args = (p["roi"], settings["sw_batch_size"], settings["overlap"])
+    slab_dims = sorted({-1, 0, settings["slab_dim"]})
     cases = []
     for spacing in p["spacings"]:
         folder = Path(p["workdir"]) / f"agreement_{'x'.join(map(str, spacing))}"
@@ -613,30 +713,45 @@ def child_agreement(p: dict) -> dict:
             scores = SlidingWindowInferer(*args, mode=settings["mode"])(x, network)
             slab = {
                 d: SlabArgmaxInferer(*args, mode=settings["mode"], slab_size=p["slab_size"], slab_dim=d)(x, network)
-                for d in (-1, 0)
+                for d in slab_dims
             }
         full = scores.argmax(1, keepdim=True).to(torch.uint8)
         row = {"case": case.name, "spacing": list(spacing), "model_grid": list(x.shape[2:])}
         for d, labels in slab.items():
             row[f"model_grid_equal_dim{d}"] = float((labels == full).float().mean())
-        bundle = {"image": data["image"], "pred": scores[0]}
-        bundle = Activationsd("pred", softmax=True)(bundle)
-        bundle = Invertd("pred", transform=Compose(chain), orig_keys="image", nearest_interp=False)(bundle)
-        bundle = AsDiscreted("pred", argmax=True)(bundle)
-        label = {"image": data["image"], "pred": slab[-1][0]}
-        label = Invertd("pred", transform=Compose(chain), orig_keys="image", nearest_interp=True)(label)
-        a = bundle["pred"][0].numpy().astype(np.uint8)
-        b = label["pred"][0].numpy().astype(np.uint8)
+        score_path = {"image": data["image"], "pred": scores[0]}
+        score_path = Activationsd("pred", softmax=True)(score_path)
+        score_path = Invertd("pred", transform=Compose(chain), orig_keys="image", nearest_interp=False)(score_path)
+        score_path = AsDiscreted("pred", argmax=True)(score_path)
+        labels = slab[settings["slab_dim"]][0]
+        bundle = InvertLabelMapd("pred", transform=Compose(chain), orig_key="image")(
+            {"image": data["image"], "pred": labels}
+        )
+        invertd = Invertd("pred", transform=Compose(chain), orig_keys="image", nearest_interp=True)(
+            {"image": data["image"], "pred": labels.clone()}
+        )
+        a = score_path["pred"][0].numpy().astype(np.uint8)
+        b = np.asarray(bundle["pred"][0]).astype(np.uint8)
+        c = np.asarray(invertd["pred"][0]).astype(np.uint8)
         truth = np.asarray(nib.load(str(root / "labelsTr" / case.name)).dataobj).astype(np.uint8)
         row["input_grid_equal"] = float((a == b).mean())
-        for name, seg in (("bundle", a), ("label", b)):
+        row["inversion_equal"] = float((b == c).mean()) if b.shape == c.shape else 0.0
+        for name, seg in (("scores", a), ("bundle", b)):
             dice = []
-            for c in (1, 2):
-                inter = np.logical_and(seg == c, truth == c).sum()
-                dice.append(2 * inter / max((seg == c).sum() + (truth == c).sum(), 1))
+            for cls in (1, 2):
+                inter = np.logical_and(seg == cls, truth == cls).sum()
+                dice.append(2 * inter / max((seg == cls).sum() + (truth == cls).sum(), 1))
             row[f"dice_{name}"] = [float(v) for v in dice]
         rows.append(row)
-    return {"weights": weights, "rows": rows, "roi": p["roi"], "size": p["size"]}
+    return {
+        "weights": weights,
+        "rows": rows,
+        "roi": p["roi"],
+        "size": p["size"],
+        "slab_dims": slab_dims,
+        "bundle_slab_dim": settings["slab_dim"],
+        "execution": bundle_execution_flags(),
+    }
 
 
 CHILDREN: dict[str, Callable[[dict], dict]] = {
@@ -785,6 +900,23 @@ def shape_str(shape: Sequence[int]) -> str:
     return "×".join(map(str, shape))
 
 
+def slug(name: str) -> str:
+    """A file-name-safe form of a row name ("labels + Invertd" -> "labels_Invertd")."""
+    return "_".join("".join(c if c.isalnum() else " " for c in name).split())
+
+
+def network_vs_conv(r: dict) -> str:
+    """The network's GFLOP/s as a share of the plain ``Conv3d``'s in the precision the network ran in (bf16
+    autocast or float32), and which one that was."""
+    if "network_gflops_per_s" not in r or "conv_gflops_per_s" not in r:
+        return "–"
+    bf16 = r.get("execution", {}).get("cpu_bf16", False)
+    if bf16 and "conv_bf16_gflops_per_s" in r:
+        return f"{100 * r['network_gflops_per_s'] / r['conv_bf16_gflops_per_s']:.0f}% (bf16)"
+    note = " (network bf16, no bf16 reference)" if bf16 else " (float32)"
+    return f"{100 * r['network_gflops_per_s'] / r['conv_gflops_per_s']:.0f}%{note}"
+
+
 def summary(r: dict) -> str:
     if r.get("error"):
         return f"error: {r['error']}"
@@ -814,13 +946,12 @@ class Benchmark:
             args.out or DEFAULT_OUT
         ) / f"{args.name or ('speed_benchmark_quick' if args.quick else 'speed_benchmark')}.md"
         self._ct: dict[tuple[int, ...], Path] = {}
+        description = network_description(args.network_overrides)
         net = (
-            ("a reduced network for the smoke test: " + json.dumps(args.network_overrides))
+            f"a reduced network for the smoke test (`network_def` with {json.dumps(args.network_overrides)}: "
+            f"{description})"
             if args.network_overrides
-            else (
-                "the 3D bundle's `network_def` (ResUNet features 16…256, encoder blocks 1-2-2-2-2, instance norm, "
-                "strided down-sampling)"
-            )
+            else f"the 3D bundle's `network_def` ({description})"
         )
         settings = bundle_inferer_settings()
         self.md = [
@@ -873,11 +1004,11 @@ class Benchmark:
                 "classes": self.args.classes,
                 "roi": self.args.roi,
                 "conv_size": self.args.conv_size,
-                "out_dir": str(self.workdir / f"out_{name}_{shape_str(shape)}"),
+                "out_dir": str(self.workdir / f"out_{slug(name)}_{shape_str(shape)}"),
                 **extra,
             }
             if save_grid:
-                params["save_model_grid"] = str(self.workdir / f"grid_{name}_{shape_str(shape)}.npy")
+                params["save_model_grid"] = str(self.workdir / f"grid_{slug(name)}_{shape_str(shape)}.npy")
             results[name] = self.runner("inference", params)
         return results
 
@@ -907,8 +1038,9 @@ class Benchmark:
             "model grid",
             "window GFLOP",
             "network GFLOP/s",
-            "Conv3d GFLOP/s",
-            "network / Conv3d",
+            "Conv3d float32 GFLOP/s",
+            "Conv3d bf16 GFLOP/s",
+            "network / Conv3d (same precision)",
             "network CPU use",
             "peak RSS MiB",
             "peak / float32 input",
@@ -921,7 +1053,7 @@ class Benchmark:
                 peak = r.get("peak_mib")
                 rows.append(
                     [k]
-                    + ["–"] * 8
+                    + ["–"] * 9
                     + [peak, f"{peak / input_mib:.2f}× (at failure)" if peak else "–", "–", r.get("error", "?")]
                 )
                 continue
@@ -934,9 +1066,8 @@ class Benchmark:
                     r.get("window_gflop"),
                     r.get("network_gflops_per_s"),
                     r.get("conv_gflops_per_s"),
-                    f"{100 * r['network_gflops_per_s'] / r['conv_gflops_per_s']:.0f}%"
-                    if "conv_gflops_per_s" in r
-                    else "–",
+                    r.get("conv_bf16_gflops_per_s"),
+                    network_vs_conv(r),
                     f"{100 * r['network_cpu_share']:.0f}%",
                     r["peak_mib"],
                     f"{r['peak_mib'] / input_mib:.2f}×",
@@ -954,69 +1085,99 @@ class Benchmark:
         )
         return lines + [""]
 
-    def inference(self) -> None:
-        args = self.args
-        results = self._pipelines(
-            args.shape, [("bundle", {"pipeline": "bundle"}), ("label", {"pipeline": "label"})], save_grid=True
+    def _pipeline_text(self) -> str:
+        settings = bundle_inferer_settings()
+        flags = bundle_execution_flags()
+        slab = "one window" if settings["slab_size"] is None else f"{settings['slab_size']} voxels"
+        return (
+            "`bundle`: the 3D bundle's inference as its `inference.json` runs it now, the label path: "
+            f"`SlabArgmaxInferer` (slab_dim={settings['slab_dim']}, slab = {slab}) → `InvertLabelMapd` (labels "
+            "back to the input grid by per-axis nearest-neighbour indices, 1 byte per voxel) → `SaveImaged` uint8; "
+            'its "stitching" includes the arg-max, which it does slab by slab. `scores`: the class-score path the '
+            "bundle ran before (its config key `score_inferer`): `SlidingWindowInferer` → `Activationsd(softmax)` → "
+            "`Invertd` bilinear → `AsDiscreted(argmax)` → `SaveImaged`. `labels + Invertd`: the bundle's inferer → "
+            "`Invertd(nearest_interp=True)` → `SaveImaged`, the label path before `InvertLabelMapd`, so the "
+            "difference to `bundle` is the inversion alone. All under `torch.no_grad()`, as the bundle's evaluator "
+            "runs, with the network built as the bundle builds it (`configure_execution`, "
+            f"channels_last={flags['channels_last']}, cpu_bf16={flags['cpu_bf16']}). Pre-processing: the library's "
+            "`segmentation_preprocessing(modality='CT', pixdim=(1, 1, 1))` (body crop, then float32 resampling), "
+            'each transform timed alone. "network" = the sum of the network\'s calls inside the inferer, '
+            '"stitching" = the inferer\'s time minus that; "peak RSS" = the process\'s peak after the stage (it '
+            "only grows, so the stage where it jumps is the one that needed the memory)."
         )
+
+    def inference(self) -> None:
+        import numpy as np
+
+        args = self.args
+        results = self._pipelines(args.shape, INFERENCE_PIPELINES, save_grid=True)
         self.report["inference"] = results
         self.md += ["## Inference, stage by stage", ""]
         self.md += [
-            "`bundle`: the 3D bundle's inference as its `inference.json` runs it (`SlidingWindowInferer` → "
-            "`Activationsd(softmax)` → `Invertd` bilinear → `AsDiscreted(argmax)` → `SaveImaged` uint8). `label`: "
-            "`SlabArgmaxInferer` (slab = one window) → `Invertd(nearest_interp=True)` → `SaveImaged`; its "
-            '"stitching" includes the arg-max, which it does slab by slab. Both under '
-            "`torch.no_grad()`, as the bundle's evaluator runs. Pre-processing: the library's "
-            "`segmentation_preprocessing(modality='CT', pixdim=(1, 1, 1))`, each transform timed alone. "
-            '"network" = the sum of the network\'s calls inside the inferer, "stitching" = the inferer\'s time '
-            'minus that; "peak RSS" = the process\'s peak after the stage (it only grows, so the stage where it '
-            "jumps is the one that needed the memory). Network GFLOP/s = FLOPs of one window "
-            "(`FlopCounterMode`) × windows / network time, next to a plain `Conv3d(32, 32, 3)` on a "
-            f"{self.args.conv_size}³ tensor timed in the same process after the pipeline.",
+            self._pipeline_text()
+            + " Network GFLOP/s = FLOPs of one window (`FlopCounterMode`) × windows / network time, next to a "
+            f"plain `Conv3d(32, 32, 3)` on a contiguous {self.args.conv_size}³ tensor timed in the same process "
+            "after the pipeline, in float32 and (on a CPU with bf16 units) under bf16 autocast; the ratio uses "
+            "the reference in the precision the network ran in.",
             "",
             f"### Input {shape_str(args.shape)} at {CT_SPACING} mm, {args.classes} classes",
             "",
         ]
         self.md += self._inference_tables(results, args.shape)
-        import numpy as np
-
-        grids = [self.workdir / f"grid_{k}_{shape_str(args.shape)}.npy" for k in ("bundle", "label")]
-        if all(g.exists() for g in grids):
-            a, b = (np.load(g, mmap_mode="r") for g in grids)
+        grids = {k: self.workdir / f"grid_{slug(k)}_{shape_str(args.shape)}.npy" for k in ("bundle", "scores")}
+        if all(g.exists() for g in grids.values()):
+            a, b = (np.load(g, mmap_mode="r") for g in grids.values())
             self.md.append(
-                f"Model-grid labels, `SlabArgmaxInferer` vs the `SlidingWindowInferer` arg-max (random "
+                f"Model-grid labels, the bundle's `SlabArgmaxInferer` vs the `SlidingWindowInferer` arg-max (random "
                 f"weights): {100 * float((a == b).mean()):.4f}% equal voxels."
             )
-        outputs = [sorted(Path(r["out_dir"]).glob("*.nii.gz")) for r in results.values() if r.get("out_dir")]
-        if len(outputs) == 2 and all(outputs):
-            import nibabel as nib
-
-            a, b = (np.asarray(nib.load(str(f[0])).dataobj) for f in outputs)
+        written = self._written_labels(results)
+        if "bundle" in written and "scores" in written:
+            a, b = written["bundle"], written["scores"]
             self.md.append(
-                f"Written label maps, label path vs bundle path: {100 * float((a == b).mean()):.3f}% equal "
-                f"voxels (random weights, {100 * float((a > 0).mean()):.1f}% foreground in the bundle's): "
+                f"Written label maps, bundle (label path) vs scores path: {100 * float((a == b).mean()):.3f}% equal "
+                f"voxels (random weights, {100 * float((b > 0).mean()):.1f}% foreground in the scores path's): "
                 "nearest-neighbour inversion of labels vs bilinear inversion of probabilities; see the "
                 "agreement section for a trained network."
             )
+        if "bundle" in written and "labels + Invertd" in written:
+            a, b = written["bundle"], written["labels + Invertd"]
+            if a.shape != b.shape:
+                outcome = f"different shapes, {shape_str(a.shape)} vs {shape_str(b.shape)}."
+            elif (a == b).all():
+                outcome = "identical."
+            else:
+                outcome = f"{100 * float((a == b).mean()):.4f}% equal voxels."
+            self.md.append(
+                "Written label maps, `InvertLabelMapd` vs `Invertd(nearest_interp=True)` on the same labels: " + outcome
+            )
         self.md += ["", CONTENTION, ""]
+
+    @staticmethod
+    def _written_labels(results: dict[str, dict]) -> dict[str, Any]:
+        """The label map each pipeline wrote, by pipeline name."""
+        import nibabel as nib
+        import numpy as np
+
+        out = {}
+        for k, r in results.items():
+            files = sorted(Path(r["out_dir"]).glob("*.nii.gz")) if r.get("out_dir") else []
+            if files:
+                out[k] = np.asarray(nib.load(str(files[0])).dataobj)
+        return out
 
     def memory(self) -> None:
         if not self.args.memory_shape:
             return
         stub = {"network_stub": self.args.memory_network == "stub"}
-        pipelines = [
-            ("bundle", {"pipeline": "bundle", **stub}),
-            ("label", {"pipeline": "label", **stub}),
-            ("label + int16 loading + float32 resampling", {"pipeline": "label", "preprocessing": "int16", **stub}),
-            ("label + the same + crop before resampling", {"pipeline": "label", "preprocessing": "crop_first", **stub}),
-        ]
+        pipelines = [(name, {**extra, **stub}) for name, extra in INFERENCE_PIPELINES]
         results = self._pipelines(self.args.memory_shape, pipelines, save_grid=False)
         self.report["memory"] = results
         self.md += ["## Memory on a huge scan", ""]
         self.md += [
-            "The two pipelines of the inference section on a longer scan, and the label path with the `int16` and "
-            "`crop_first` pre-processing variants (see the pre-processing section). A row that reached the "
-            "address-space limit shows the error and its peak RSS at the failure.",
+            "The three pipelines of the inference section on a longer scan. "
+            + self._pipeline_text()
+            + " A row that reached the address-space limit shows the error and its peak RSS at the failure.",
             "",
             f"### Input {shape_str(self.args.memory_shape)} at {CT_SPACING} mm, {self.args.classes} classes",
             "",
@@ -1067,6 +1228,18 @@ class Benchmark:
             (f"SlabArgmaxInferer slab {four}, slab_dim=-1", {"kind": "slab", "slab_size": four}),
             ("SlabArgmaxInferer slab = window, slab_dim=0", {"kind": "slab", "slab_dim": 0}),
         ]
+        settings = bundle_inferer_settings()
+        variants = [
+            (
+                name + " (the bundle's)"
+                if v["kind"] == "slab"
+                and v.get("slab_dim", -1) == settings["slab_dim"]
+                and v.get("slab_size") == settings["slab_size"]
+                else name,
+                v,
+            )
+            for name, v in variants
+        ]
         shapes = [self.model_grid(args.shape)] + ([self.model_grid(args.memory_shape)] if args.memory_shape else [])
         rows, self.report["inferers"] = [], []
         for shape in shapes:
@@ -1106,11 +1279,35 @@ class Benchmark:
 
     def knobs(self) -> None:
         args = self.args
+        from monai_resunet.networks import cpu_has_bf16
+
         sw = bundle_inferer_settings()["sw_batch_size"]
+        flags = bundle_execution_flags()
+        native_bf16 = cpu_has_bf16()
+
+        def describe(channels_last: bool, cpu_bf16: bool) -> str:
+            if not (channels_last or cpu_bf16):
+                return "float32, contiguous (no flags)"
+            what = "channels_last" if channels_last else "bf16"
+            what = "channels_last + bf16" if channels_last and cpu_bf16 else what + " only"
+            # without bf16 units torch emulates bf16 convolutions: slower, which is why the bundle's flag is off there
+            return what + (" (emulated: this CPU has no bf16 units)" if cpu_bf16 and not native_bf16 else "")
+
+        # the bundle's execution flags are the baseline; every other combination of the two is a row of its own
+        combos = [(cl, bf) for cl in (False, True) for bf in (False, True)]
+        flag_rows = [
+            (describe(cl, bf), {"channels_last": cl, "cpu_bf16": bf})
+            for cl, bf in combos
+            if (cl, bf) != (flags["channels_last"], flags["cpu_bf16"])
+        ]
+        baseline = (
+            f"baseline, the bundle's flags ({describe(flags['channels_last'], flags['cpu_bf16'])}): "
+            f"{args.threads} threads, no_grad, sw_batch_size {sw}"
+        )
         knobs: list[tuple[str, dict]] = [
-            (f"baseline: {args.threads} threads, no_grad, sw_batch_size {sw}", {}),
+            (baseline, {}),
+            *flag_rows,
             ("torch.inference_mode", {"inference_mode": True}),
-            ("channels_last_3d (weights and input)", {"channels_last": True}),
             ("1 thread", {"threads": 1}),
             ("sw_batch_size 1", {"sw_batch_size": 1}),
             ("sw_batch_size 4", {"sw_batch_size": 4}),
@@ -1137,9 +1334,15 @@ class Benchmark:
             )
         self.md += ["## Network knobs (one batch of windows)", ""]
         self.md += [
-            f"The network alone on {shape_str(args.roi)} windows, each setting in its own process: 1 warm-up "
-            f'call, then {args.knob_repeats} timed calls, median per window. "RSS rise" = peak RSS above the '
-            "value after building the network (the activations of one call).",
+            f"The network alone on {shape_str(args.roi)} windows (contiguous float32 input, as the inferers cut "
+            "them), each setting in its own process: 1 warm-up call, then "
+            f'{args.knob_repeats} timed calls, median per window. "RSS rise" = peak RSS above the value after '
+            "building the network (the activations of one call). The baseline is the network as the bundle "
+            "builds it (`configure_execution` with its `channels_last` and `cpu_bf16` flags; `cpu_bf16` is "
+            f"`cpu_has_bf16()`, {native_bf16} on this machine); the flag rows change only those two flags, the "
+            "other rows change one setting of the baseline. bf16 = bfloat16 autocast of the forward on CPU "
+            "inputs (float32 weights and outputs); channels_last = `channels_last_3d` weights. GFLOP/s counts "
+            "the same FLOPs in either precision.",
             "",
         ]
         self.md += table(
@@ -1150,12 +1353,14 @@ class Benchmark:
         import numpy as np
 
         args = self.args
-        variants = [
-            ("library", "as `segmentation_preprocessing` builds it: LoadImaged → float32, Spacingd in float64"),
-            ("float32", "Spacingd(dtype=float32)"),
-            ("int16", "LoadImaged(dtype=None): int16 until resampling, and Spacingd(dtype=float32)"),
-            ("crop_first", "int16, and CropForegroundd before Spacingd (only the body is resampled)"),
-        ]
+        descriptions = {
+            "library": "as `segmentation_preprocessing` builds it: LoadImaged → float32, CropForegroundd, then "
+            "Spacingd(dtype=float32) (only the body is resampled)",
+            "float64_resample_first": "the library's previous chain: Spacingd in float64 (MONAI's default) on the "
+            "whole field of view, then CropForegroundd",
+            "int16": "the library chain with LoadImaged(dtype=None): int16 until resampling casts it",
+        }
+        variants = [(name, descriptions[name]) for name in PREPROCESSING_VARIANTS]
         results = {}
         for name, _ in variants:
             print(f"  {name} ...", flush=True)
@@ -1198,10 +1403,13 @@ class Benchmark:
         self.md += ["## Pre-processing variants", ""]
         self.md += [
             f'On the {shape_str(args.shape)} synthetic CT, each variant in its own process. "max |diff|" is '
-            "against the library chain's output (values in [0, 1] after the CT window). The intensity step "
-            "stays after resampling in every variant: this scan is down-sampled (0.7 → 1 mm, about half the "
-            "voxels), so normalising afterwards touches fewer voxels, and the body crop thresholds raw "
-            "Hounsfield units, so the window cannot come before the crop.",
+            'against the library chain\'s output (values in [0, 1] after the CT window); "other grid" where a '
+            "variant's output grid differs from the library's (resampling before the crop: the crop is then taken "
+            "on the resampled grid, whose origin and size can then differ from the library's by a fraction of a "
+            'voxel or more, so voxels do not correspond one to one; the "output" column gives each size). '
+            "The intensity step stays after resampling in every variant: this scan is down-sampled "
+            "(0.7 → 1 mm, about half the voxels), so normalising afterwards touches fewer voxels, and the body "
+            "crop thresholds raw Hounsfield units, so the window cannot come before the crop.",
             "",
         ]
         self.md += table(
@@ -1264,7 +1472,9 @@ class Benchmark:
         self.md += ["## Training throughput", ""]
         self.md += [
             f"`train.json` as the bundle builds it (its deterministic + random transforms, network, DiceCE "
-            f"loss, AdamW; `image_reader` null, as the demo data is NIfTI), patch {shape_str(args.patch)}, "
+            f"loss, AdamW; `image_reader` null, as the demo data is NIfTI), the network through the config's "
+            f"`configure_execution` (channels_last={first.get('execution', {}).get('channels_last')}, "
+            f"cpu_bf16={first.get('execution', {}).get('cpu_bf16')}), patch {shape_str(args.patch)}, "
             f"batch_size {first.get('batch_size')} × num_samples {first.get('num_samples')} = "
             f"{fmt(first.get('patches_per_it'))} patches per iteration, {first.get('cases')} training volumes "
             f"of the demo data ({shape_str(args.train_size)} voxels, 1×1×1.5 mm). 1 warm-up iteration, then "
@@ -1308,17 +1518,21 @@ class Benchmark:
             },
         )
         self.report["agreement"] = r
-        self.md += ["## Agreement of the label path with the bundle's", ""]
+        self.md += ["## Agreement of the bundle's label path with the class-score path", ""]
         if "rows" not in r:
             self.md += [f"error: {r.get('error')}", ""]
             return
+        dims, own = r["slab_dims"], r["bundle_slab_dim"]
+        flags = r.get("execution", {})
         self.md += [
-            f"Weights: {r['weights']}. Demo volumes (`make_demo_dataset`, MR, rotated affine) of "
-            f"{shape_str(r['size'])} voxels at two spacings, resampled to the bundle's 1 mm; window "
-            f'{shape_str(r["roi"])}, slab half a window. "model grid": `SlabArgmaxInferer` labels vs '
-            '`SlidingWindowInferer(...)` arg-max. "input grid": the label path (arg-max → `Invertd` nearest) vs the '
-            "bundle's (softmax → `Invertd` bilinear → arg-max), as written; Dice per foreground class against the "
-            "ground truth.",
+            f"Weights: {r['weights']}; the network as the bundle builds it (channels_last="
+            f"{flags.get('channels_last')}, cpu_bf16={flags.get('cpu_bf16')}). Demo volumes (`make_demo_dataset`, "
+            f"MR, rotated affine) of {shape_str(r['size'])} voxels at two spacings, resampled to the bundle's 1 mm; "
+            f'window {shape_str(r["roi"])}, slab half a window. "model grid": `SlabArgmaxInferer` labels vs '
+            '`SlidingWindowInferer(...)` arg-max, per slab_dim. "input grid": the bundle\'s label path '
+            f"(`SlabArgmaxInferer` slab_dim={own} → `InvertLabelMapd`) vs the class-score path (softmax → "
+            '`Invertd` bilinear → arg-max), as written. "InvertLabelMapd = Invertd nearest": the same labels '
+            "inverted both ways. Dice per foreground class against the ground truth.",
             "",
         ]
         rows = [
@@ -1326,11 +1540,11 @@ class Benchmark:
                 x["case"],
                 "×".join(f"{v:g}" for v in x["spacing"]),
                 shape_str(x["model_grid"]),
-                f"{100 * x['model_grid_equal_dim-1']:.4f}%",
-                f"{100 * x['model_grid_equal_dim0']:.4f}%",
+                *(f"{100 * x[f'model_grid_equal_dim{d}']:.4f}%" for d in dims),
                 f"{100 * x['input_grid_equal']:.3f}%",
+                f"{100 * x['inversion_equal']:.4f}%",
                 " / ".join(f"{d:.4f}" for d in x["dice_bundle"]),
-                " / ".join(f"{d:.4f}" for d in x["dice_label"]),
+                " / ".join(f"{d:.4f}" for d in x["dice_scores"]),
             ]
             for x in r["rows"]
         ]
@@ -1339,11 +1553,11 @@ class Benchmark:
                 "case",
                 "spacing mm",
                 "model grid",
-                "model grid equal (slab_dim=-1)",
-                "model grid equal (slab_dim=0)",
+                *(f"model grid equal (slab_dim={d}{', the bundle' if d == own else ''})" for d in dims),
                 "input grid equal",
-                "Dice bundle path (1 / 2)",
-                "Dice label path (1 / 2)",
+                "InvertLabelMapd = Invertd nearest",
+                "Dice bundle (label path) (1 / 2)",
+                "Dice scores path (1 / 2)",
             ],
             rows,
         )
@@ -1354,6 +1568,12 @@ CONTENTION = (
     "columns: well under 100% means the process did not get its threads' share of the cores), so absolute times "
     "are inflated and noisy; ratios measured inside one process are the more reliable part."
 )
+# (row name, child_inference parameters) of the inference and memory sections
+INFERENCE_PIPELINES: list[tuple[str, dict]] = [
+    ("bundle", {"pipeline": "bundle"}),
+    ("scores", {"pipeline": "scores"}),
+    ("labels + Invertd", {"pipeline": "labels_invertd"}),
+]
 # the order the sections run in: the long memory comparison last, so the rest is on disk early
 ORDER = ("inference", "inferers", "knobs", "preprocessing", "training", "agreement", "memory")
 

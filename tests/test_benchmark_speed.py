@@ -25,14 +25,15 @@ def test_quick_run_writes_report(tmp_path):
     report = bench.main(["--quick", "--out", str(tmp_path)])
 
     inference = report["inference"]
-    assert set(inference) == {"bundle", "label"}
+    assert set(inference) == {"bundle", "scores", "labels + Invertd"}
     for name, result in inference.items():
         assert not result.get("error"), (name, result.get("error"))
         stages = [s["stage"] for s in result["stages"]]
         assert stages[0] == "load" and "network" in stages and "stitching" in stages and stages[-1] == "write (NIfTI)"
         assert result["windows"] > 0 and result["network_gflops_per_s"] > 0 and result["conv_gflops_per_s"] > 0
-    assert inference["bundle"]["windows"] == inference["label"]["windows"]  # no window runs twice
-    assert "softmax" in [s["stage"] for s in inference["bundle"]["stages"]]
+    assert len({result["windows"] for result in inference.values()}) == 1  # no window runs twice
+    assert "softmax" in [s["stage"] for s in inference["scores"]["stages"]]  # the class-score path it replaced
+    assert "inversion (InvertLabelMapd)" in [s["stage"] for s in inference["bundle"]["stages"]]
     assert all(not r.get("error") for r in report["memory"].values())
     assert all(not r.get("error") for r in report["inferers"] + report["knobs"] + report["training"])
     assert all(not r.get("error") for r in report["preprocessing"].values())
@@ -47,9 +48,10 @@ def test_quick_run_writes_report(tmp_path):
         "## Network knobs",
         "## Pre-processing variants",
         "## Training throughput",
-        "## Agreement of the label path",
+        "## Agreement of the bundle's label path with the class-score path",
         "## Memory on a huge scan",
     ):
         assert heading in markdown, heading
     assert "`SlabArgmaxInferer` vs the `SlidingWindowInferer` arg-max (random weights): 100.0000% equal" in markdown
+    assert "`InvertLabelMapd` vs `Invertd(nearest_interp=True)` on the same labels" in markdown
     assert "| **total** |" in markdown and "peak / float32 input" in markdown and "GFLOP/s" in markdown

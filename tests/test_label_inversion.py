@@ -32,8 +32,12 @@ AFFINES = {
     "flipped": np.array([[-0.8, 0, 0, 40.0], [0, 1.1, 0, -12.0], [0, 0, 2.5, 7.0], [0, 0, 0, 1]]),
     # axes permuted (a sagittal acquisition) and rotated 10° about z: still axis-aligned with its own resampled grid
     "oblique": np.array(
-        [[0, -0.17364818 * 1.2, 0.98480775 * 0.9, -30.0], [0, 0.98480775 * 1.2, 0.17364818 * 0.9, 5.0],
-         [1.7, 0, 0, 12.0], [0, 0, 0, 1]]
+        [
+            [0, -0.17364818 * 1.2, 0.98480775 * 0.9, -30.0],
+            [0, 0.98480775 * 1.2, 0.17364818 * 0.9, 5.0],
+            [1.7, 0, 0, 12.0],
+            [0, 0, 0, 1],
+        ]
     ),  # fmt: skip
 }
 
@@ -52,10 +56,17 @@ def test_equals_invertd_nearest(tmp_path, name):
     )["pred"]
     assert ours.dtype == torch.uint8 and tuple(ours.shape) == (1, 37, 29, 23)
     np.testing.assert_allclose(ours.affine.numpy(), AFFINES[name], atol=1e-5)
-    # grid_sample rounds positions computed in float32; exact half-voxel ties may round the other way
-    agreement = (ours.as_tensor() == reference.as_tensor().to(torch.uint8)).float().mean().item()
-    assert agreement > 0.995, agreement
-    assert (ours[0, :3] == 0).all()  # cropped away as background → background
+    # grid_sample rounds positions computed in float32, so an input slice that lies exactly half-way between two
+    # network slices may round the other way; everywhere else the two must agree voxel for voxel
+    to_source = np.linalg.inv(labels.affine.numpy()) @ AFFINES[name]
+    off_tie = torch.ones(ours.shape[1:], dtype=torch.bool)
+    for axis, n in enumerate(ours.shape[1:]):
+        positions = to_source[:3, axis, None] * np.arange(n) + to_source[:3, 3, None]
+        tie = (np.abs(np.abs(positions - np.floor(positions)) - 0.5) < 1e-6).any(axis=0)
+        off_tie.index_fill_(axis, torch.as_tensor(np.flatnonzero(tie), dtype=torch.long), False)
+    same = ours.as_tensor()[0] == reference.as_tensor()[0].to(torch.uint8)
+    assert off_tie.float().mean() > 0.75 and same[off_tie].all(), same[off_tie].float().mean()
+    assert (ours[0, :3] == 0).all() and (ours[0, ..., -2:] == 0).all()  # cropped away as background → background
 
 
 def test_rotated_grids_are_not_separable_and_fall_back(tmp_path):

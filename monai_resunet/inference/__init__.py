@@ -1,4 +1,5 @@
 """Inference: label-map writers (NIfTI/NRRD/MHA, DICOM-SEG), ``Segmenter`` (bundle → callable), CLI glue."""
 
 from monai_resunet.inference.inferers import SlabArgmaxInferer
+from monai_resunet.inference.segmenter import CheckpointError, Segmenter, load_checkpoint
 from monai_resunet.inference.writers import LABEL_MAP_SUFFIXES, LabelWriteError, write_dicom_seg, write_label_map

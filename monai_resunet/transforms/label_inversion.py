@@ -7,6 +7,11 @@
 crop, pad) only permute, flip, scale and shift the voxel axes, so the map from an input voxel to its nearest
 network voxel is separable: one index vector per axis. ``InvertLabelMapd`` computes those vectors from the two
 affines and gathers the labels directly into a label volume of the input's size and integer dtype.
+
+Two details make it equal to ``Invertd``: voxels the pre-processing padded on (``SpatialPadd``) are never
+mapped back (``Invertd`` removes the padding first, then resamples with border padding, so positions just past
+the resampled grid take its edge value), and input voxels outside the box ``CropForegroundd`` kept are
+background (``Invertd`` pads them with zeros).
 """
 
 from __future__ import annotations
@@ -50,6 +55,34 @@ def axis_aligned_index_map(
     return axes, indices
 
 
+_PAD_CLASSES = ("SpatialPad", "BorderPad", "DivisiblePad", "Pad")
+
+
+def _kept_geometry(
+    image: Any, grid_shape: Sequence[int]
+) -> tuple[list[int], list[int], np.ndarray, list[int]] | None:
+    """Read from ``image.applied_operations`` what of the network grid (``grid_shape``) the pre-processing padded
+    on, and the box of the input it kept: ``(first, last, box_affine, box_shape)`` where ``first..last`` (inclusive,
+    per network axis) is the un-padded part, and ``box_affine``/``box_shape`` the grid the resampling started from
+    (the cropped input). ``None`` when the operations are not the orientation/crop/resample/pad chain this mapping
+    reproduces exactly (the caller then falls back to ``Invertd``)."""
+    operations = list(getattr(image, "applied_operations", None) or [])
+    first = [0] * len(grid_shape)
+    last = [int(n) - 1 for n in grid_shape]
+    while operations and operations[-1].get("class") in _PAD_CLASSES:
+        padded = operations.pop()["extra_info"]["padded"][1:]  # the first pair is the channel axis
+        for axis, (before, after) in enumerate(padded):
+            first[axis] += int(before)
+            last[axis] -= int(after)
+    if not operations or any(lo > hi for lo, hi in zip(first, last)):
+        return None
+    resample = operations[-1]
+    if resample.get("class") != "SpatialResample":
+        return None
+    box_affine = np.asarray(resample["extra_info"]["src_affine"], dtype=np.float64)
+    return first, last, box_affine, [int(n) for n in resample["orig_size"]]
+
+
 class InvertLabelMapd(MapTransform):
     """Take an integer label map (channel first, on the network's grid, as ``SlabArgmaxInferer`` returns it)
     back to the grid the input had when it was loaded, by nearest neighbour, without float copies.
@@ -89,26 +122,41 @@ class InvertLabelMapd(MapTransform):
             if original_affine is None or original_shape is None or not isinstance(label, MetaTensor):
                 d = self.fallback(d)  # no metadata to map with: let MONAI replay the transforms
                 continue
-            mapped = axis_aligned_index_map(
-                label.affine.numpy(), np.asarray(original_affine), [int(s) for s in original_shape]
-            )
-            if mapped is None or label.ndim != 4:
+            target_shape = [int(s) for s in original_shape]
+            geometry = _kept_geometry(image, label.shape[1:]) if label.ndim == 4 else None
+            mapped = axis_aligned_index_map(label.affine.numpy(), np.asarray(original_affine), target_shape)
+            if mapped is None or geometry is None:
                 d = self.fallback(d)
                 continue
-            d[key] = self._gather(label, mapped, original_affine)
+            box = axis_aligned_index_map(geometry[2], np.asarray(original_affine), target_shape)
+            if box is None:
+                d = self.fallback(d)
+                continue
+            d[key] = self._gather(label, mapped, box, geometry, original_affine)
         return d
 
     @staticmethod
-    def _gather(label: MetaTensor, mapped: tuple[list[int], list[np.ndarray]], original_affine) -> MetaTensor:
+    def _gather(
+        label: MetaTensor,
+        mapped: tuple[list[int], list[np.ndarray]],
+        box: tuple[list[int], list[np.ndarray]],
+        geometry: tuple[list[int], list[int], np.ndarray, list[int]],
+        original_affine,
+    ) -> MetaTensor:
         axes, indices = mapped
+        first, last, _, box_shape = geometry
         source = label.as_tensor()
         out_shape = [len(i) for i in indices]
         out = torch.zeros((source.shape[0], *out_shape), dtype=source.dtype, device=source.device)
-        # valid target range per axis (the network grid covers one box of the input grid)
-        valid = [(i >= 0) & (i < source.shape[1 + a]) for i, a in zip(indices, axes)]
+        # an input voxel is written where it lies inside the kept (cropped) box; its label comes from the nearest
+        # voxel of the resampled grid without the padding, clamped to that grid's edge as Invertd's border padding
+        valid = [(b >= 0) & (b < box_shape[a]) for b, a in zip(box[1], box[0])]
         if all(v.any() for v in valid):
             ranges = [np.flatnonzero(v) for v in valid]
-            gather = [torch.as_tensor(i[r], device=source.device) for i, r in zip(indices, ranges)]
+            gather = [
+                torch.as_tensor(np.clip(i[r], first[a], last[a]), device=source.device)
+                for i, r, a in zip(indices, ranges, axes)
+            ]
             # source axes reordered to follow the target axes, then one gather per axis (each a 1-byte copy)
             part = source.permute(0, *(1 + a for a in axes))
             for dim, idx in enumerate(gather):
