@@ -3,8 +3,9 @@
 
 It answers "what does the 2D model cost and give next to the 3D one on a whole scan?". Each bundle runs in its
 own Python process (this script re-invoked with ``--child``), through the bundle's real inference path:
-``Segmenter.from_bundle`` on a copy of the bundle (its ``inference.json``: pre-processing, ``SliceInferer`` or
-``SlidingWindowInferer``, ``Invertd``, arg-max) and ``segment_file`` writing the label map. Reported per bundle:
+``Segmenter.from_bundle`` on a copy of the bundle (its ``inference.json``: pre-processing, then ``SliceInferer`` →
+``Invertd`` → arg-max for 2D, ``SlabArgmaxInferer`` → ``InvertLabelMapd`` for 3D) and ``segment_file`` writing the
+label map. Reported per bundle:
 end-to-end seconds (load → write), the network's share (its calls timed by a wrapper), the number of network
 calls, the process's peak RSS and its rise over the value after the imports, and the Dice per class against a
 ground-truth label when one is given.
@@ -184,9 +185,10 @@ def markdown(rows: dict[str, dict[str, Any]], info: dict[str, str], setup: dict[
         machine_line(info),
         "",
         f"Volume: {setup['volume']}. Weights: {setup['weights']}. Each bundle in its own process, through "
-        "`Segmenter.from_bundle(...).segment_file` (its `inference.json`: pre-processing, inferer, `Invertd`, "
-        'arg-max, NIfTI written). "network s" is the time inside the network\'s calls; the rest is loading, '
-        "resampling, stitching, inversion and writing.",
+        "`Segmenter.from_bundle(...).segment_file` (its `inference.json`: pre-processing, then the 3D bundle's "
+        "`SlabArgmaxInferer` → `InvertLabelMapd`, or the 2D bundle's `SliceInferer` → softmax → `Invertd` → arg-max; "
+        'NIfTI written). "network s" is the time inside the network\'s calls; the rest is loading, resampling, '
+        "stitching, inversion and writing.",
         "",
         "| bundle | inferer | patch | network calls | total s | network s | network share | peak RSS MiB "
         "| RSS rise MiB | mean Dice |" + "".join(f" {n} |" for n in names),

@@ -35,13 +35,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as _dt
 import fnmatch
 import gc
 import json
 import math
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -52,9 +50,14 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+PIPELINES = Path(__file__).resolve().parent
+if str(PIPELINES) not in sys.path:
+    sys.path.insert(0, str(PIPELINES))
+
+from bench_common import loadavg, machine_info  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "pipelines" / "results"
@@ -374,48 +377,6 @@ def run_case(name: str, spatial_dims: int, size: int, repeats: int, max_phase_se
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _loadavg() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-
-
-def machine_info(device: str, threads: int) -> dict[str, str]:
-    """What the numbers were measured on, for the table header."""
-    cpu = platform.processor() or platform.machine()
-    extra = []
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        fields = dict(
-            line.split(":", 1) for line in text.split("\n\n")[0].splitlines() if ":" in line
-        )  # the first processor's block
-        fields = {k.strip(): v.strip() for k, v in fields.items()}
-        cpu = fields.get("model name", cpu)
-        extra.append(f"family {fields.get('cpu family', '?')} model {fields.get('model', '?')}")
-        flags = set(fields.get("flags", "").split())
-        isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-        if isa:
-            extra.append("+".join(isa))
-        if "hypervisor" in flags:
-            extra.append("virtual machine")
-    except OSError:
-        pass
-    info = {
-        "cpu": f"{cpu} ({', '.join(extra)})" if extra else cpu,
-        "logical_cpus": str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()),
-        "threads": str(threads),
-        "device": device,
-        "python": platform.python_version(),
-        "torch": metadata.version("torch"),
-        "monai": metadata.version("monai"),
-        "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "load": _loadavg(),
-    }
-    if device.startswith("cuda"):
-        import torch
-
-        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return info
-
-
 def _signal_name(returncode: int) -> str:
     try:
         return signal.Signals(-returncode).name
@@ -525,7 +486,7 @@ def markdown_table(rows: Sequence[dict], info: dict[str, str], args: argparse.Na
         f"`torch.set_num_threads({info['threads']})`",
         f"- **Software**: Python {info['python']}, torch {info['torch']}, MONAI {info['monai']}",
         f"- **Date**: {info['date']}; load average (1/5/15 min) at start {info['load']}, at the last case "
-        f"{_loadavg()} (a shared machine: other jobs ran concurrently, so single timings are noisy)",
+        f"{loadavg()} (a shared machine: other jobs ran concurrently, so single timings are noisy)",
         f"- **Setup**: batch 1, in_channels 1, out_channels 2, {'AMP' if args.amp else 'float32'}; "
         f"{'all cases in one process (`--in-process`)' if args.in_process else 'each case in a fresh process'}; "
         f"1 warm-up iteration then up to {args.repeats} timed repeats, median reported; repeats "
@@ -671,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     sizes[3] = args.size_3d or sizes[3]
     out_dir = args.out or DEFAULT_OUT
     stem = args.name or ("network_benchmark_quick" if args.quick else "network_benchmark")
-    info = machine_info(args.device, args.threads)
+    info = machine_info(threads=args.threads, device=args.device)
     # 3D first: the long cases, so an interrupted run has the expensive answers
     cases = [(m, d) for d in sorted(args.dims, reverse=True) for m in select_models(args.models)
              if d in NETWORKS[m].dims]  # fmt: skip

@@ -55,11 +55,9 @@ and ``cpu_bf16`` flags (``cpu_bf16`` = ``cpu_has_bf16()``: bfloat16 autocast on 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import json
 import os
-import platform
 import resource
 import signal
 import statistics
@@ -69,13 +67,16 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
-
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO / "pipelines") not in sys.path:
+    sys.path.insert(0, str(REPO / "pipelines"))
+
+import torch  # noqa: E402
+from bench_common import loadavg, machine_info, maxrss_mib  # noqa: E402
+
 BUNDLE = REPO / "bundles" / "resunet3d_segmentation"
 DEFAULT_OUT = REPO / "pipelines" / "results"
 SECTIONS = ("inference", "memory", "inferers", "knobs", "preprocessing", "training", "agreement")
@@ -86,10 +87,6 @@ CT_WINDOW = (-175.0, 250.0)
 # ----------------------------------------------------------------------------------------------------------------
 # Small helpers (children and parent)
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
 def rss_mib() -> float:
@@ -105,10 +102,6 @@ def float32_mib(shape: Sequence[int]) -> float:
     for s in shape:
         n *= int(s)
     return 4 * n / 2**20
-
-
-def loadavg() -> str:
-    return " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
 
 
 class Clock:
@@ -851,33 +844,6 @@ class Runner:
         return result
 
 
-def machine_info(threads: int) -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        mem = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
-        mem_gib = f"{int(mem.split()[1]) / 2**20:.0f} GiB RAM"
-    except (OSError, StopIteration):
-        mem_gib = "? RAM"
-    return {
-        "cpu": cpu,
-        "cpus": str(len(os.sched_getaffinity(0))),
-        "ram": mem_gib,
-        "threads": str(threads),
-        "python": platform.python_version(),
-        "torch": metadata.version("torch"),
-        "monai": metadata.version("monai"),
-        "date": _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-        "load": loadavg(),
-    }
-
-
 def fmt(v: Any, digits: int = 3) -> str:
     if v is None:
         return "–"
@@ -939,7 +905,7 @@ class Benchmark:
         self.args = args
         self.workdir = workdir
         self.runner = Runner(workdir, args)
-        self.info = machine_info(args.threads)
+        self.info = machine_info(threads=args.threads)
         self.report: dict[str, Any] = {"info": self.info}
         self.t_start = time.perf_counter()
         self.path = (
@@ -957,7 +923,7 @@ class Benchmark:
         self.md = [
             "# 3D bundle speed and memory benchmark" + (" (--quick smoke test)" if args.quick else ""),
             "",
-            f"- **Machine**: {self.info['cpu']}, {self.info['cpus']} logical CPUs, {self.info['ram']}; "
+            f"- **Machine**: {self.info['cpu']}, {self.info['logical_cpus']} logical CPUs, {self.info['ram']} RAM; "
             f"`torch.set_num_threads({self.info['threads']})`; no GPU",
             f"- **Software**: Python {self.info['python']}, torch {self.info['torch']}, MONAI {self.info['monai']}",
             f"- **Date**: {self.info['date']}; load average (1/5/15 min) at the start: {self.info['load']}",

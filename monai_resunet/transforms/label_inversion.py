@@ -58,9 +58,7 @@ def axis_aligned_index_map(
 _PAD_CLASSES = ("SpatialPad", "BorderPad", "DivisiblePad", "Pad")
 
 
-def _kept_geometry(
-    image: Any, grid_shape: Sequence[int]
-) -> tuple[list[int], list[int], np.ndarray, list[int]] | None:
+def _kept_geometry(image: Any, grid_shape: Sequence[int]) -> tuple[list[int], list[int], np.ndarray, list[int]] | None:
     """Read from ``image.applied_operations`` what of the network grid (``grid_shape``) the pre-processing padded
     on, and the box of the input it kept: ``(first, last, box_affine, box_shape)`` where ``first..last`` (inclusive,
     per network axis) is the un-padded part, and ``box_affine``/``box_shape`` the grid the resampling started from
