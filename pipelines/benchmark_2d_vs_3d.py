@@ -5,10 +5,9 @@ It answers "what does the 2D model cost and give next to the 3D one on a whole s
 own Python process (this script re-invoked with ``--child``), through the bundle's real inference path:
 ``Segmenter.from_bundle`` on a copy of the bundle (its ``inference.json``: pre-processing, then ``SliceInferer`` →
 ``Invertd`` → arg-max for 2D, ``SlabArgmaxInferer`` → ``InvertLabelMapd`` for 3D) and ``segment_file`` writing the
-label map. Reported per bundle:
-end-to-end seconds (load → write), the network's share (its calls timed by a wrapper), the number of network
-calls, the process's peak RSS and its rise over the value after the imports, and the Dice per class against a
-ground-truth label when one is given.
+label map. Reported per bundle: end-to-end seconds (load → write), the network's share (its calls timed by a
+wrapper), the number of network calls, the process's peak RSS and its rise over the value after the imports, and
+the Dice per class against a ground-truth label when one is given.
 
     python pipelines/benchmark_2d_vs_3d.py                                # synthetic 256×256×160 MR-like volume
     python pipelines/benchmark_2d_vs_3d.py --shape 512 512 300 --classes 3

@@ -86,7 +86,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -104,6 +103,7 @@ if str(PIPELINES) not in sys.path:
     sys.path.insert(0, str(PIPELINES))
 
 import fetch_colin27  # noqa: E402  (numpy only; data locations and class names)
+from bench_common import maxrss_mib  # noqa: E402  (standard library only)
 
 DEFAULT_OUT = PIPELINES / "results" / "colin27"
 QUICK_OUT = Path(tempfile.gettempdir()) / "monai_resunet_colin27_quick"  # smoke tests stay out of the repository
@@ -244,11 +244,6 @@ def build_network(name: str, dataset_dir: str):
 # ---------------------------------------------------------------------------------------- one network
 
 
-def _maxrss_mib() -> float:
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
-
-
 def lr_factor(fraction: float, warmup: float = WARMUP_FRACTION) -> float:
     """``monai.optimizers.WarmupCosineSchedule``'s factor (linear warm-up, then half a cosine to 0) at
     ``fraction`` ∈ [0, 1] of the schedule."""
@@ -328,7 +323,7 @@ def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
         inferer = SlidingWindowInferer(
             roi_size=patch, sw_batch_size=recipe["sw_batch_size"], overlap=0.5, mode="gaussian"
         )
-    baseline_rss = _maxrss_mib()
+    baseline_rss = maxrss_mib()
 
     # the recipe's execution flags (memory layout, bf16 autocast on CPUs with bf16 units) apply to every network:
     # they change how fast a network runs, not what it is, so no network is timed slower than the bundle's would be
@@ -438,8 +433,8 @@ def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
         "hd95_mm": ev["hd95_mm"],
         "time_to_target_s": reached,
         "inference_s": round(ev["inference_s"], 3),
-        "peak_rss_mib": round(_maxrss_mib(), 1),
-        "rss_rise_mib": round(_maxrss_mib() - baseline_rss, 1),
+        "peak_rss_mib": round(maxrss_mib(), 1),
+        "rss_rise_mib": round(maxrss_mib() - baseline_rss, 1),
         "recipe": {k: v for k, v in recipe.items() if k != "loss"} | {"loss": type(recipe["loss"]).__name__},
         "patch_size": list(patch),
         "prediction": str(pred_dir / f"{name}.nii.gz"),

@@ -123,12 +123,9 @@ class InvertLabelMapd(MapTransform):
             target_shape = [int(s) for s in original_shape]
             geometry = _kept_geometry(image, label.shape[1:]) if label.ndim == 4 else None
             mapped = axis_aligned_index_map(label.affine.numpy(), np.asarray(original_affine), target_shape)
-            if mapped is None or geometry is None:
-                d = self.fallback(d)
-                continue
-            box = axis_aligned_index_map(geometry[2], np.asarray(original_affine), target_shape)
-            if box is None:
-                d = self.fallback(d)
+            box = axis_aligned_index_map(geometry[2], np.asarray(original_affine), target_shape) if geometry else None
+            if mapped is None or box is None:
+                d = self.fallback(d)  # not the axis-aligned chain this mapping reproduces: let MONAI replay it
                 continue
             d[key] = self._gather(label, mapped, box, geometry, original_affine)
         return d
