@@ -35,12 +35,13 @@ Networks (``out_channels`` = 7 everywhere; ``--networks`` picks, ``--list`` prin
 Protocol, the same for every network:
 
 * data: ``monai_resunet.transforms.segmentation_preprocessing`` (RAS, 1 mm ``pixdim``, crop to the brain, MR
-  z-score, pad to the patch) + ``segmentation_augmentation`` (class-balanced 64³ patches, flips, 90° rotations,
-  intensity scale/shift), cached with ``CacheDataset`` and served by MONAI's ``DataLoader`` in the main process
-  (``num_workers=0``, so sampling time is part of training time, as it would be on a 2-core machine);
+  z-score, pad to the patch) + ``segmentation_augmentation`` (class-balanced 64³ patches, flips on every axis,
+  rotation/scaling of 30 % of the patches, intensity scale/shift), cached with ``CacheDataset`` and served by
+  MONAI's ``DataLoader`` in the main process (``num_workers=0``, so sampling time is part of training time, as it
+  would be on a 2-core machine);
 * recipe from the 3D bundle's config (the 2D bundle's for the 2D network): ``learning_rate`` (1e-3),
-  ``batch_size`` (2) × ``num_samples`` (2) = 4 patches per iteration (what the recipe gives on a data set of
-  ≥ 2 images; with one image the bundle's own loader would give 2), AdamW with the config's weight decay, the
+  ``batch_size`` (2) images × ``num_samples`` (1) patches each per iteration (the one training image is listed
+  ``batch_size`` times), AdamW with the config's weight decay, the
   config's ``DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)``;
 * learning-rate schedule measured in *time*: the bundle's ``WarmupCosineSchedule`` shape (linear warm-up over
   the first 5 %, then cosine to 0) evaluated at ``training seconds / budget`` at the start of each iteration,
@@ -70,6 +71,10 @@ tables), ``colin27_curves.json`` (machine, settings, every row and its Dice curv
 ResUNet), ``predictions/<network>.nii.gz`` (final label maps on the held-out image's grid) and
 ``predictions/<network>.pt`` (final weights, a plain ``state_dict``: ``pipelines/benchmark_2d_vs_3d.py --colin27``
 runs them through the bundles' own inference).
+
+``--override KEY=JSON`` changes a bundle config entry for the ResUNet rows only (``network_def#full_res='"conv"'``,
+``learning_rate=2e-3``), so a recipe can be measured against the same peers before it becomes the default; the
+report's header lists the overrides.
 
 ``--quick``: 8 s per network, two networks, 48³ patches on 2 mm resampled data (the bundle's network pads them to
 64³ inside, which keeps 2 voxels per axis at its bottom level), evaluation every 4 s: a smoke test of the whole
@@ -176,24 +181,30 @@ class Settings:
     modality: str = "MR"
     networks: list[str] = field(default_factory=list)
     clock: str = "wall"
+    overrides: dict[str, Any] = field(default_factory=dict)  # bundle config entries changed (ResUNet rows only)
 
 
 # --------------------------------------------------------------------------------------------- networks
 
 
-def _bundle_parser(config: Path, dataset_dir: str):
+def _bundle_parser(config: Path, dataset_dir: str, overrides: dict[str, Any] | None = None):
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(config))
     parser["dataset_dir"] = dataset_dir  # so @num_classes comes from dataset.json's labels, as in training
+    for key, value in (overrides or {}).items():  # --override, as `monai.bundle run --network_def#... X` does
+        parent = key.rpartition("#")[0]
+        if key not in parser and (not parent or parent not in parser):  # a new argument needs an existing parent
+            raise KeyError(f"--override {key}: {config.name} has no such entry.")
+        parser[key] = value
     return parser
 
 
-def bundle_recipe(config: Path, dataset_dir: str) -> dict[str, Any]:
-    """The bundle's default recipe read from its ``train.json``: learning rate, batch size, samples per image,
-    weight decay, seed, validation ``sw_batch_size`` and the instantiated loss."""
-    parser = _bundle_parser(config, dataset_dir)
+def bundle_recipe(config: Path, dataset_dir: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The bundle's default recipe read from its ``train.json`` (with ``overrides``): learning rate, batch size,
+    samples per image, weight decay, seed, validation ``sw_batch_size`` and the instantiated loss."""
+    parser = _bundle_parser(config, dataset_dir, overrides)
     return {
         "learning_rate": float(parser.get_parsed_content("learning_rate")),
         "batch_size": int(parser.get_parsed_content("batch_size")),
@@ -207,12 +218,13 @@ def bundle_recipe(config: Path, dataset_dir: str) -> dict[str, Any]:
     }
 
 
-def build_network(name: str, dataset_dir: str):
-    """The network ``name`` (see :data:`NETWORKS`) with 1 input channel and 7 output channels."""
+def build_network(name: str, dataset_dir: str, overrides: dict[str, Any] | None = None):
+    """The network ``name`` (see :data:`NETWORKS`) with 1 input channel and 7 output channels; ``overrides``
+    change the bundle networks' config entries."""
     from monai.networks.nets import BasicUNet, DynUNet, SegResNet, UNet
 
     if name in ("resunet3d-bundle", "resunet2d-bundle"):
-        parser = _bundle_parser(BUNDLE3D if name == "resunet3d-bundle" else BUNDLE2D, dataset_dir)
+        parser = _bundle_parser(BUNDLE3D if name == "resunet3d-bundle" else BUNDLE2D, dataset_dir, overrides)
         net = parser.get_parsed_content("network_def")
         if getattr(net, "out_channels", NUM_CLASSES) != NUM_CLASSES:
             raise RuntimeError(f"{name}: the bundle config gave {net.out_channels} output channels.")
@@ -273,7 +285,8 @@ def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
     torch.set_num_threads(settings.threads)
     is_2d = name == "resunet2d-bundle"
     dataset_dir = settings.dataset_dir
-    recipe = bundle_recipe(BUNDLE2D if is_2d else BUNDLE3D, dataset_dir)
+    overrides = settings.overrides if name.startswith("resunet") else {}
+    recipe = bundle_recipe(BUNDLE2D if is_2d else BUNDLE3D, dataset_dir, overrides)
     set_determinism(seed=settings.seed)
 
     # data: the library's chains, the deterministic part cached once
@@ -328,7 +341,7 @@ def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
     # the recipe's execution flags (memory layout, bf16 autocast on CPUs with bf16 units) apply to every network:
     # they change how fast a network runs, not what it is, so no network is timed slower than the bundle's would be
     network = configure_execution(
-        build_network(name, dataset_dir), "cpu", channels_last=recipe["channels_last"], cpu_bf16=recipe["cpu_bf16"]
+        build_network(name, dataset_dir, overrides), "cpu", channels_last=recipe["channels_last"], cpu_bf16=recipe["cpu_bf16"]
     )
     params = sum(p.numel() for p in network.parameters() if p.requires_grad)
     loss_fn = recipe["loss"]
@@ -543,7 +556,14 @@ def markdown(
         f"pixdim {tuple(settings.pixdim)} mm, the 3D bundle's recipe (AdamW, DiceCE, lr schedule over the time "
         "budget), held-out Dice every "
         f"{settings.eval_every_s:g} s of training."
-        + (" **Quick mode: a smoke test, not a measurement.**" if settings.quick else ""),
+        + (" **Quick mode: a smoke test, not a measurement.**" if settings.quick else "")
+        + (
+            " **Not the bundle default**: the ResUNet rows ran with "
+            + ", ".join(f"`{k}={json.dumps(v)}`" for k, v in settings.overrides.items())
+            + "."
+            if settings.overrides
+            else ""
+        ),
         "",
         "**This measures generalisation within one subject**: trained on the left hemisphere of the Colin27 T1 "
         "MRI, scored on its right hemisphere mirrored (AAL labels: caudate, putamen, pallidum, thalamus, "
@@ -746,6 +766,8 @@ def _child_command(name: str, args: argparse.Namespace, result: Path) -> list[st
         cmd += ["--seed", str(args.seed)]
     if args.quick:
         cmd.append("--quick")
+    for key, value in args.override:
+        cmd += ["--override", f"{key}={json.dumps(value)}"]
     return cmd
 
 
@@ -766,7 +788,18 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         quick=quick,
         networks=list(args.networks),
         clock=args.clock,
+        overrides=dict(args.override),
     )
+
+
+def _override(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=JSON, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"{key}: {value!r} is not JSON ({e.msg})") from None
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -800,6 +833,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="wall",
         help="what the budget counts: wall-clock seconds (default), or this process's CPU seconds divided by "
         "--threads, which equals wall time on an idle machine and stays fair when other jobs share the CPU",
+    )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        type=_override,
+        metavar="KEY=JSON",
+        help="change a bundle config entry for the ResUNet rows, e.g. network_def#full_res='\"conv\"' or "
+        "learning_rate=2e-3 (repeatable; the report lists them): to try a recipe before it becomes the default",
     )
     parser.add_argument("--list", action="store_true", help="print the networks and exit")
     parser.add_argument(

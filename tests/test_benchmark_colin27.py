@@ -226,6 +226,26 @@ def test_lr_schedule_and_reports(tmp_path):
     assert (tmp_path / "colin27_benchmark.png").stat().st_size > 10_000
 
 
+def test_overrides_reach_the_bundle_rows_and_the_report(tmp_path):
+    args = bench.parse_args(
+        ["--override", 'network_def#full_res="conv"', "--override", "learning_rate=2e-3", "--out", str(tmp_path)]
+    )
+    assert args.override == [("network_def#full_res", "conv"), ("learning_rate", 0.002)]
+    child = bench._child_command("resunet3d-bundle", args, tmp_path / "r.json")
+    assert bench.parse_args(child[2:]).override == args.override  # forwarded to the per-network process
+    parser = bench._bundle_parser(bench.BUNDLE3D, str(tmp_path), dict(args.override))
+    assert parser["network_def"]["full_res"] == "conv" and parser.get_parsed_content("learning_rate") == 0.002
+    with pytest.raises(KeyError, match="no such entry"):
+        bench._bundle_parser(bench.BUNDLE3D, str(tmp_path), {"network_dfe#full_res": "conv"})
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--override", "learning_rate=fast"])  # not JSON
+    settings = bench.settings_from_args(args)
+    machine = {"cpu": "c", "cores": 2, "python": "3", "torch": "t", "monai": "m", "monai_resunet": "r",
+               "date": "d", "load_average_at_start": [0.0, 0.0, 0.0]}  # fmt: skip
+    text = bench.markdown([], machine, settings)
+    assert 'Not the bundle default**: the ResUNet rows ran with `network_def#full_res="conv"`' in text
+
+
 # ----------------------------------------------------------------------------------------- real data
 
 

@@ -80,6 +80,27 @@ def test_image_smaller_than_window_is_padded_like_monai(network):
     assert torch.equal(labels.long(), expected)
 
 
+def test_network_runs_in_inference_mode_only_without_grad(network):
+    # under no_grad (MONAI's evaluator) the windows run in inference mode, which is faster; the labels handed back
+    # must still be normal tensors, or a later in-place transform (Invertd, InvertLabelMapd) would fail
+    seen: list[bool] = []
+
+    def spy(x):
+        seen.append(torch.is_inference_mode_enabled())
+        return network(x)
+
+    x = torch.randn(1, 1, 20, 18, 22)
+    inferer = SlabArgmaxInferer(ROI, sw_batch_size=2, overlap=0.25)
+    with torch.no_grad():
+        labels = inferer(x, spy)
+    assert seen and all(seen)
+    assert not labels.is_inference()
+    labels += 1  # in place, outside inference mode
+    seen.clear()
+    inferer(x, spy)  # gradients on: the caller may want them elsewhere, so inference mode stays off
+    assert seen and not any(seen)
+
+
 def test_2d_input():
     torch.manual_seed(4)
     net = ResUNet(2, 1, 4, features=(8, 16, 32), encoder_blocks=1, norm=("instance", {"affine": True})).eval()

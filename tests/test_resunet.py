@@ -176,11 +176,49 @@ def test_stem_stride_keeps_the_input_size_and_adds_a_full_resolution_stage(dims,
         torch.testing.assert_close(scripted(x), net(x))
 
 
+@pytest.mark.parametrize("dims,size", [(2, (37, 30)), (3, (19, 16, 21))])
+def test_cheaper_full_resolution_stages(dims, size):
+    x = torch.rand(2, 1, *size)
+    # "conv": one 3×3 convolution (norm, act) fuses the up-sampled features with the input
+    conv = ResUNet(dims, 1, 3, features=(8, 16, 32), stem_stride=2, up_kernel_size=1, full_res="conv")
+    fuse = conv.full_res.blocks
+    assert fuse.conv.kernel_size == (3,) * dims and (fuse.conv.in_channels, fuse.conv.out_channels) == (5, 4)
+    # "interpolate": no full-resolution layer; the head runs on the stem's resolution and its logits are up-sampled
+    interp = ResUNet(dims, 1, 3, features=(8, 16, 32), stem_stride=2, up_kernel_size=1, full_res="interpolate")
+    assert interp.full_res is None and interp.head.conv.in_channels == 8
+    for net in (conv, interp):
+        out = net(x)
+        assert out.shape == (2, 3, *size)
+        out.sum().backward()
+        assert all(p.grad is not None for p in net.parameters())
+    # the interpolated logits are the head's half-resolution output, up-sampled linearly
+    interp.eval()
+    with torch.no_grad():
+        mode = "bilinear" if dims == 2 else "trilinear"
+        padded = interp._pad_to_divisor(x)
+        features = interp.encoder[0](padded)
+        skips = [features]
+        for pool, stage in zip(list(interp.pools)[1:], list(interp.encoder)[1:]):
+            skips.append(stage(pool(skips[-1])))
+        y = skips.pop()
+        for up in interp.decoder:
+            y = up(y, skips.pop())
+        logits = torch.nn.functional.interpolate(interp.head(y), scale_factor=2, mode=mode, align_corners=False)
+        torch.testing.assert_close(interp(x), interp._crop(logits, x.shape))
+        torch.testing.assert_close(torch.jit.script(interp)(x), interp(x))
+
+
 def test_stem_arguments_are_checked():
     with pytest.raises(ValueError, match="stem_stride must be 1 or 2"):
         ResUNet(3, 1, 2, features=(8, 16), stem_stride=4)
-    with pytest.raises(ValueError, match="full_res_features needs stem_stride=2"):
+    with pytest.raises(ValueError, match="full_res_features and full_res need stem_stride=2"):
         ResUNet(3, 1, 2, features=(8, 16), full_res_features=4)
+    with pytest.raises(ValueError, match="full_res_features and full_res need stem_stride=2"):
+        ResUNet(3, 1, 2, features=(8, 16), full_res="conv")
+    with pytest.raises(ValueError, match="full_res must be one of"):
+        ResUNet(3, 1, 2, features=(8, 16), stem_stride=2, full_res="deconv")
+    with pytest.raises(ValueError, match="no full-resolution layer"):
+        ResUNet(3, 1, 2, features=(8, 16), stem_stride=2, full_res="interpolate", full_res_features=4)
 
 
 @pytest.mark.parametrize("dims", [2, 3])

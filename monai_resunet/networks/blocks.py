@@ -214,7 +214,8 @@ class ResUpBlock(nn.Module):
         in_channels: channels of the coarser decoder input.
         skip_channels: channels of the long skip from the encoder.
         out_channels: channels after up-sampling and of the block's output.
-        num_blocks: residual blocks after the concatenation.
+        num_blocks: residual blocks after the concatenation; 0 for one plain 3×3 convolution (norm, act) instead,
+            the cheapest way to fuse a skip with few channels (``ResUNet(full_res="conv")``).
         block: ``"basic"`` or ``"bottleneck"``.
         upsample: ``"nontrainable"``, ``"deconv"`` or ``"pixelshuffle"``.
         up_kernel_size: kernel of the convolution after interpolation (``"nontrainable"`` only).
@@ -273,9 +274,17 @@ class ResUpBlock(nn.Module):
             )
         else:
             raise ValueError(f"upsample must be 'nontrainable', 'deconv' or 'pixelshuffle', got {upsample!r}.")
-        self.blocks = ResidualStage(
-            spatial_dims, out_channels + skip_channels, out_channels, num_blocks, block, act=act, bias=bias, **kwargs
-        )
+        self.blocks: nn.Module
+        if num_blocks == 0:
+            self.blocks = Convolution(
+                spatial_dims, out_channels + skip_channels, out_channels, kernel_size=3, act=act, bias=bias,
+                norm=kwargs.get("norm", "batch"), dropout=kwargs.get("dropout"),
+            )  # fmt: skip
+        else:
+            self.blocks = ResidualStage(
+                spatial_dims, out_channels + skip_channels, out_channels, num_blocks, block, act=act, bias=bias,
+                **kwargs,
+            )  # fmt: skip
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.blocks(torch.cat([self.up(x), skip], dim=1))
