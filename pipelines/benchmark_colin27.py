@@ -341,7 +341,10 @@ def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
     # the recipe's execution flags (memory layout, bf16 autocast on CPUs with bf16 units) apply to every network:
     # they change how fast a network runs, not what it is, so no network is timed slower than the bundle's would be
     network = configure_execution(
-        build_network(name, dataset_dir, overrides), "cpu", channels_last=recipe["channels_last"], cpu_bf16=recipe["cpu_bf16"]
+        build_network(name, dataset_dir, overrides),
+        "cpu",
+        channels_last=recipe["channels_last"],
+        cpu_bf16=recipe["cpu_bf16"],
     )
     params = sum(p.numel() for p in network.parameters() if p.requires_grad)
     loss_fn = recipe["loss"]
