@@ -40,8 +40,8 @@ and ``cpu_bf16`` flags (``cpu_bf16`` = ``cpu_has_bf16()``: bfloat16 autocast on 
   contiguous, channels-last only and bf16 only; threads, ``torch.inference_mode`` vs ``no_grad``,
   ``sw_batch_size``.
 * ``preprocessing``: ``segmentation_preprocessing`` as the library builds it (body crop, then float32
-  resampling) vs its previous chain (float64 resampling of the whole field of view, then the crop) and int16
-  loading (time, peak RSS, difference to the library's output).
+  resampling) vs its previous loader (float32 at once) and chain (float64 resampling of the whole field of view,
+  then the crop): time, peak RSS, difference to the library's output.
 * ``training``: the bundle's ``train.json`` transforms, network (with its execution flags), loss and optimizer on
   the demo data (``monai_resunet.data.make_demo_dataset``): iterations/s and the split of each iteration into
   waiting for the data loader and forward/backward/step, for ``Dataset``/``CacheDataset`` × ``DataLoader`` (0 or
@@ -331,17 +331,17 @@ def _stage_name(transform: Any) -> str:
     return names.get(type(transform).__name__, f"pre: {type(transform).__name__}")
 
 
-PREPROCESSING_VARIANTS = ("library", "float64_resample_first", "int16")
+PREPROCESSING_VARIANTS = ("library", "float32_load", "float64_resample_first")
 
 
 def preprocessing_chain(variant: str = "library", modality: str = "CT", pixdim: Sequence[float] = PIXDIM) -> list:
     """``segmentation_preprocessing`` for one image key, as the library builds it, or a variant of it.
 
-    ``library``: as is (``LoadImaged`` → float32, the body crop before ``Spacingd``, resampling in float32).
-    ``float64_resample_first``: the library's previous chain, for comparison: ``Spacingd`` with MONAI's default
-    dtype (float64) before ``CropForegroundd``, so the whole field of view is resampled and the crop is taken on
-    the resampled grid (which therefore starts elsewhere, within a voxel of the library's). ``int16``: the library
-    chain with ``LoadImaged(dtype=None)``, so the file's int16 stays int16 until resampling casts it.
+    ``library``: as is (``LoadImaged`` in the file's dtype, the body crop before ``Spacingd``, resampling into
+    float32). ``float32_load``: the library chain with MONAI's default ``LoadImaged`` dtype (float32 at once), its
+    previous loader. ``float64_resample_first``: the chain before that, for comparison: ``Spacingd`` with MONAI's
+    default dtype (float64) before ``CropForegroundd``, so the whole field of view is resampled and the crop is
+    taken on the resampled grid (which therefore starts elsewhere, within a voxel of the library's).
     """
     from monai.transforms import CropForegroundd, LoadImaged, Spacingd
 
@@ -352,10 +352,11 @@ def preprocessing_chain(variant: str = "library", modality: str = "CT", pixdim: 
     )
     if variant == "library":
         return chain
-    if variant == "int16":
-        return [LoadImaged("image", image_only=True, dtype=None) if isinstance(t, LoadImaged) else t for t in chain]
-    if variant != "float64_resample_first":
+    if variant not in PREPROCESSING_VARIANTS:
         raise ValueError(f"unknown pre-processing variant {variant!r}")
+    chain = [LoadImaged("image", image_only=True) if isinstance(t, LoadImaged) else t for t in chain]  # float32
+    if variant == "float32_load":
+        return chain
     out = [Spacingd("image", pixdim=pixdim, mode="bilinear") if isinstance(t, Spacingd) else t for t in chain]
     crop = next(i for i, t in enumerate(out) if isinstance(t, CropForegroundd))
     spacing = next(i for i, t in enumerate(out) if isinstance(t, Spacingd))
@@ -1320,11 +1321,11 @@ class Benchmark:
 
         args = self.args
         descriptions = {
-            "library": "as `segmentation_preprocessing` builds it: LoadImaged → float32, CropForegroundd, then "
-            "Spacingd(dtype=float32) (only the body is resampled)",
-            "float64_resample_first": "the library's previous chain: Spacingd in float64 (MONAI's default) on the "
-            "whole field of view, then CropForegroundd",
-            "int16": "the library chain with LoadImaged(dtype=None): int16 until resampling casts it",
+            "library": "as `segmentation_preprocessing` builds it: LoadImaged in the file's dtype (int16 here), "
+            "CropForegroundd, then Spacingd(dtype=float32) (only the body is resampled, into float32)",
+            "float32_load": "the library chain with MONAI's default LoadImaged (float32 at once), its previous loader",
+            "float64_resample_first": "the chain before that: float32 loading, Spacingd in float64 (MONAI's "
+            "default) on the whole field of view, then CropForegroundd",
         }
         variants = [(name, descriptions[name]) for name in PREPROCESSING_VARIANTS]
         results = {}

@@ -276,3 +276,27 @@ def test_cpu_bf16_autocast_is_opt_in_float32_out_and_leaves_the_weights_alone():
     for bundle in ("resunet3d_segmentation", "resunet2d_segmentation"):
         config = Path(__file__).resolve().parent.parent / "bundles" / bundle / "configs" / "train.json"
         assert json.loads(config.read_text())["cpu_bf16"] is False, bundle
+
+
+@pytest.mark.timeout(300)
+def test_torch_compile_flag_keeps_outputs_and_checkpoint_keys():
+    # configure_execution(compile=True) compiles in place (nn.Module.compile): the outputs match eager mode and the
+    # state_dict keys stay unprefixed, so checkpoints from compiled training load into a plain network
+    import json
+    from pathlib import Path
+
+    from monai_resunet.networks import configure_execution
+
+    torch.manual_seed(0)
+    plain = ResUNet(2, 1, 3, features=(4, 8), norm=("instance", {"affine": True}), stem_stride=2, full_res="interpolate")
+    compiled = ResUNet(2, 1, 3, features=(4, 8), norm=("instance", {"affine": True}), stem_stride=2, full_res="interpolate")
+    compiled.load_state_dict(plain.state_dict())
+    compiled = configure_execution(compiled, "cpu", compile=True)
+    assert isinstance(compiled, ResUNet) and list(compiled.state_dict()) == list(plain.state_dict())
+    x = torch.rand(2, 1, 24, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled.eval()(x), plain.eval()(x), rtol=1e-4, atol=1e-5)
+    for bundle in ("resunet3d_segmentation", "resunet2d_segmentation"):  # an opt-in flag, off by default
+        for name in ("train.json", "inference.json"):
+            config = Path(__file__).resolve().parent.parent / "bundles" / bundle / "configs" / name
+            assert json.loads(config.read_text())["torch_compile"] is False, (bundle, name)

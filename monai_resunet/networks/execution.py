@@ -1,6 +1,6 @@
-"""How a network executes, without changing what it computes or what it saves: channels-last memory layout and
-bfloat16 autocast on CPUs that have bf16 matrix units. Both are switched by bundle flags and measured in
-``pipelines/benchmark_speed.py``."""
+"""How a network executes, without changing what it computes or what it saves: channels-last memory layout,
+bfloat16 autocast on CPUs that have bf16 matrix units, and ``torch.compile``. Bundle flags switch all three;
+``pipelines/benchmark_speed.py`` measures the first two."""
 
 from __future__ import annotations
 
@@ -101,14 +101,27 @@ def autocast_cpu_bf16(network: nn.Module, enabled: bool = True) -> nn.Module:
 
 
 def configure_execution(
-    network: nn.Module, device: torch.device | str, channels_last: bool = False, cpu_bf16: bool = False
+    network: nn.Module,
+    device: torch.device | str,
+    channels_last: bool = False,
+    cpu_bf16: bool = False,
+    compile: bool = False,
 ) -> nn.Module:
-    """Move ``network`` to ``device`` and apply the bundle's execution flags: :func:`to_channels_last` and
-    :func:`autocast_cpu_bf16` (which only acts on CPU inputs). What the bundles' ``"network"`` entries call.
+    """Move ``network`` to ``device`` and apply the bundle's execution flags: :func:`to_channels_last`,
+    :func:`autocast_cpu_bf16` (which only acts on CPU inputs) and ``torch.compile``. What the bundles' ``"network"``
+    entries call.
+
+    ``compile=True`` compiles the forward in place (``nn.Module.compile``, TorchInductor): the module, its
+    ``state_dict`` keys and therefore every checkpoint stay as they are (``torch.compile(net)`` would wrap it and
+    prefix every key with ``_orig_mod.``). The first calls pay the compilation (tens of seconds; again for each new
+    input shape), so it pays off for long training runs on a GPU, not for a short CPU job.
 
     Example::
 
         net = configure_execution(ResUNet(3, 1, 2), "cpu", channels_last=True, cpu_bf16=cpu_has_bf16())
     """
     network = to_channels_last(network.to(device), channels_last)
-    return autocast_cpu_bf16(network, cpu_bf16)
+    network = autocast_cpu_bf16(network, cpu_bf16)
+    if compile:
+        network.compile()
+    return network

@@ -100,8 +100,10 @@ class ResUNet(nn.Module):
             up-sampled features and the input, half the block's full-resolution work; ``"interpolate"`` no
             full-resolution layer at all: the head runs at half resolution and its logits are up-sampled
             (tri/bi)linearly, as DeepLab does. Full-resolution layers with few channels run far below the CPU's
-            peak (a 2-core 64³ training step of the bundle network: 0.50 s with ``"block"``, 45 % of it that
-            stage, ``pipelines/results/colin27/``), so this trades boundary detail for steps per second.
+            peak: profiled on 2 CPU cores, the ``"block"`` stage was 45 % of a 2-patch 64³ training step of the
+            5-level bundle network, and ``"interpolate"`` took the step from 0.57 s to 0.38 s
+            (``bundles/resunet3d_segmentation/docs/README.md``). It trades boundary detail finer than two voxels
+            for steps per second.
 
     Example::
 
