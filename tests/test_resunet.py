@@ -288,8 +288,9 @@ def test_torch_compile_flag_keeps_outputs_and_checkpoint_keys():
     from monai_resunet.networks import configure_execution
 
     torch.manual_seed(0)
-    plain = ResUNet(2, 1, 3, features=(4, 8), norm=("instance", {"affine": True}), stem_stride=2, full_res="interpolate")
-    compiled = ResUNet(2, 1, 3, features=(4, 8), norm=("instance", {"affine": True}), stem_stride=2, full_res="interpolate")
+    kwargs = {"features": (4, 8), "norm": ("instance", {"affine": True}), "stem_stride": 2, "full_res": "interpolate"}
+    plain = ResUNet(2, 1, 3, **kwargs)
+    compiled = ResUNet(2, 1, 3, **kwargs)
     compiled.load_state_dict(plain.state_dict())
     compiled = configure_execution(compiled, "cpu", compile=True)
     assert isinstance(compiled, ResUNet) and list(compiled.state_dict()) == list(plain.state_dict())
