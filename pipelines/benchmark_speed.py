@@ -216,6 +216,7 @@ def network_description(overrides: dict | None = None) -> str:
         f"{norm[0] if isinstance(norm, (list, tuple)) else norm} norm",
         f"{net.get('downsample', '?')} down-sampling",
         f"stem_stride {stem}" + (" (the top level runs at half resolution)" if stem == 2 else ""),
+        *([f"full_res {net.get('full_res', 'block')}"] if stem == 2 else []),
         f"up_kernel_size {net.get('up_kernel_size', 2)}",
     ]
     flags = bundle_execution_flags()

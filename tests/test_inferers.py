@@ -175,3 +175,14 @@ def test_memory_bounded_by_the_slab_not_the_volume():
     window_batch = 2 * classes * roi[0] * roi[1] * roi[2] * 4  # the network's output for sw_batch_size windows
     assert slab.largest <= max(buffer, labels.numel(), window_batch), (slab.largest, buffer)
     assert slab.largest <= volume_scores / 4
+
+
+def test_class_argmax_matches_torch_argmax_ties_included():
+    from monai_resunet.inference.inferers import _argmax_classes_into
+
+    torch.manual_seed(6)
+    scores = torch.randint(0, 3, (5, 4, 6, 7)).float()  # few distinct values: many ties, the first maximum wins
+    for dtype in (torch.uint8, torch.int16):
+        out = torch.full((4, 6, 7), 99, dtype=dtype)
+        _argmax_classes_into(scores, out)
+        assert torch.equal(out.long(), scores.argmax(0))

@@ -44,6 +44,21 @@ def _scan_interval(image_size: Sequence[int], roi_size: Sequence[int], overlap: 
 _ARGMAX_PLANES = 8
 
 
+def _argmax_classes_into(scores: torch.Tensor, out: torch.Tensor) -> None:
+    """``out[...] = scores.argmax(0)`` (the first maximum wins, as ``argmax``'s), by one comparison per class.
+
+    ``argmax`` over the outermost dimension of a slab ran at 60 ms per 8 planes of a 215×300 grid (3 classes, 2
+    CPU cores), 82 % of the stitching; element-wise comparisons are vectorised along the contiguous planes: 9×
+    faster, and the labels are written in place without argmax's int64 result.
+    """
+    with torch.no_grad():  # labels carry no gradient (and out= does not take tensors that require one)
+        best = scores[0].clone()
+        out.zero_()
+        for c in range(1, scores.shape[0]):
+            out.masked_fill_(scores[c] > best, c)  # strictly greater: a tie keeps the lower class, as argmax does
+            torch.maximum(best, scores[c], out=best)
+
+
 def _label_dtype(num_classes: int) -> torch.dtype:
     if num_classes <= 256:
         return torch.uint8
@@ -195,12 +210,12 @@ class SlabArgmaxInferer(Inferer):
                 start, stop = max(lo, pad_before[dim]), min(end, pad_before[dim] + image_size_[dim])
                 src = [slice(p, p + s) for p, s in zip(pad_before, image_size_)]
                 dst = [slice(None)] * num_spatial_dims
-                # a few planes at a time: argmax returns int64, 8 bytes a voxel, 8× the uint8 labels it fills
+                # a few planes at a time, so the running maximum (float, one class's planes) stays small
                 for z0 in range(start, stop, _ARGMAX_PLANES):
                     z1 = min(stop, z0 + _ARGMAX_PLANES)
                     src[dim] = slice(z0 - lo, z1 - lo)
                     dst[dim] = slice(z0 - pad_before[dim], z1 - pad_before[dim])
-                    labels[(b, 0, *dst)] = scores[(slice(None), *src)].argmax(0)
+                    _argmax_classes_into(scores[(slice(None), *src)], labels[(b, 0, *dst)])
                 kept = hi - end
                 if kept > 0:
                     tail = scores.narrow(dim + 1, end - lo, kept)
@@ -214,9 +229,10 @@ class SlabArgmaxInferer(Inferer):
                 batch_slices = slices[first : first + self.sw_batch_size]
                 win = torch.cat([x[(slice(b, b + 1), slice(None), *s)] for s in batch_slices]).to(sw_device)
                 # labels carry no gradient, so where the caller already disabled it (MONAI's evaluator: no_grad) the
-                # network runs in inference mode: no version counters or autograd metadata, 1.15× faster per
-                # window on CPU (pipelines/results/speed_benchmark.md). Only the window's scores are inference
-                # tensors; the buffers below stay normal tensors, so later transforms may modify the labels.
+                # network runs in inference mode: no version counters or autograd metadata (1.15× per window for
+                # the previous bundle network, 1.02× for the current one: pipelines/results/speed_benchmark.md).
+                # Only the window's scores are inference tensors; the buffers below stay normal tensors, so later
+                # transforms may modify the labels.
                 with torch.inference_mode(not torch.is_grad_enabled()):
                     out = network(win, *args, **kwargs)
                     if not isinstance(out, torch.Tensor):
