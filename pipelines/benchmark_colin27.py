@@ -117,6 +117,7 @@ DEFAULT_OUT = PIPELINES / "results" / "colin27"
 QUICK_OUT = Path(tempfile.gettempdir()) / "monai_resunet_colin27_quick"  # smoke tests stay out of the repository
 BUNDLE3D = REPO / "bundles" / "resunet3d_segmentation" / "configs" / "train.json"
 BUNDLE2D = REPO / "bundles" / "resunet2d_segmentation" / "configs" / "train.json"
+BUNDLE_CONFIGS: dict[str, Path] = {"resunet3d-bundle": BUNDLE3D, "resunet2d-bundle": BUNDLE2D}  # the ResUNet rows
 STRUCTURES: tuple[str, ...] = fetch_colin27.CLASS_NAMES[1:]
 NUM_CLASSES = len(fetch_colin27.CLASS_NAMES)
 TARGET_DICE = 0.84
@@ -226,8 +227,8 @@ def build_network(name: str, dataset_dir: str, overrides: dict[str, Any] | None 
     change the bundle networks' config entries."""
     from monai.networks.nets import BasicUNet, DynUNet, SegResNet, UNet
 
-    if name in ("resunet3d-bundle", "resunet2d-bundle"):
-        parser = _bundle_parser(BUNDLE3D if name == "resunet3d-bundle" else BUNDLE2D, dataset_dir, overrides)
+    if name in BUNDLE_CONFIGS:
+        parser = _bundle_parser(BUNDLE_CONFIGS[name], dataset_dir, overrides)
         net = parser.get_parsed_content("network_def")
         if getattr(net, "out_channels", NUM_CLASSES) != NUM_CLASSES:
             raise RuntimeError(f"{name}: the bundle config gave {net.out_channels} output channels.")
@@ -288,8 +289,9 @@ def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
     torch.set_num_threads(settings.threads)
     is_2d = name == "resunet2d-bundle"
     dataset_dir = settings.dataset_dir
-    overrides = settings.overrides if name.startswith("resunet") else {}
-    recipe = bundle_recipe(BUNDLE2D if is_2d else BUNDLE3D, dataset_dir, overrides)
+    is_bundle = name in BUNDLE_CONFIGS
+    overrides = settings.overrides if is_bundle else {}
+    recipe = bundle_recipe(BUNDLE_CONFIGS.get(name, BUNDLE3D), dataset_dir, overrides)  # peers: the 3D recipe
     set_determinism(seed=settings.seed)
 
     # data: the library's chains, the deterministic part cached once
@@ -347,7 +349,7 @@ def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
     network = configure_execution(
         build_network(name, dataset_dir, overrides),
         "cpu",
-        channels_last=recipe["channels_last"] if name.startswith("resunet") else True,
+        channels_last=recipe["channels_last"] if is_bundle else True,
         cpu_bf16=recipe["cpu_bf16"],
     )
     params = sum(p.numel() for p in network.parameters() if p.requires_grad)
