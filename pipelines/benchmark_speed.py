@@ -324,6 +324,7 @@ def _stage_name(transform: Any) -> str:
         "EnsureChannelFirstd": "load: channel first",
         "Orientationd": "pre: orientation (RAS)",
         "Spacingd": "pre: spacing",
+        "SlabSpacingd": "pre: spacing",
         "CropForegroundd": "pre: crop foreground",
         "NormalizeByModalityd": "pre: intensity",
         "EnsureTyped": "pre: ensure type",
@@ -332,18 +333,21 @@ def _stage_name(transform: Any) -> str:
     return names.get(type(transform).__name__, f"pre: {type(transform).__name__}")
 
 
-PREPROCESSING_VARIANTS = ("library", "float32_load", "float64_resample_first")
+PREPROCESSING_VARIANTS = ("library", "whole_volume_spacing", "float32_load", "float64_resample_first")
 
 
 def preprocessing_chain(variant: str = "library", modality: str = "CT", pixdim: Sequence[float] = PIXDIM) -> list:
-    """``segmentation_preprocessing`` for one image key, as the library builds it, or a variant of it.
+    """``segmentation_preprocessing`` for one image key, as the library builds it, or one of the chains it replaced,
+    each variant undoing one more change.
 
-    ``library``: as is (``LoadImaged`` in the file's dtype, the body crop before ``Spacingd``, resampling into
-    float32). ``float32_load``: the library chain with MONAI's default ``LoadImaged`` dtype (float32 at once), its
-    previous loader. ``float64_resample_first``: the chain before that, for comparison: ``Spacingd`` with MONAI's
-    default dtype (float64) before ``CropForegroundd``, so the whole field of view is resampled and the crop is
-    taken on the resampled grid (which therefore starts elsewhere, within a voxel of the library's).
+    ``library``: as is (``LoadImaged`` in the file's dtype, the body crop, then ``SlabSpacingd`` resampling into
+    float32 one slab at a time). ``whole_volume_spacing``: the same with MONAI's ``Spacingd`` (one ``grid_sample``
+    over the whole output). ``float32_load``: that with MONAI's default ``LoadImaged`` dtype (float32 at once).
+    ``float64_resample_first``: that with ``Spacingd`` in MONAI's default dtype (float64) before
+    ``CropForegroundd``, so the whole field of view is resampled and the crop is taken on the resampled grid (which
+    therefore starts elsewhere, within a voxel of the library's).
     """
+    import numpy as np
     from monai.transforms import CropForegroundd, LoadImaged, Spacingd
 
     from monai_resunet.transforms import segmentation_preprocessing
@@ -351,19 +355,20 @@ def preprocessing_chain(variant: str = "library", modality: str = "CT", pixdim: 
     chain = segmentation_preprocessing(
         keys=["image"], image_key="image", pixdim=pixdim, modality=modality, ct_window=CT_WINDOW
     )
-    if variant == "library":
-        return chain
     if variant not in PREPROCESSING_VARIANTS:
         raise ValueError(f"unknown pre-processing variant {variant!r}")
-    chain = [LoadImaged("image", image_only=True) if isinstance(t, LoadImaged) else t for t in chain]  # float32
-    if variant == "float32_load":
-        return chain
-    out = [Spacingd("image", pixdim=pixdim, mode="bilinear") if isinstance(t, Spacingd) else t for t in chain]
-    crop = next(i for i, t in enumerate(out) if isinstance(t, CropForegroundd))
-    spacing = next(i for i, t in enumerate(out) if isinstance(t, Spacingd))
-    if crop < spacing:  # the old order: resample the whole field of view, then crop
-        out.insert(crop, out.pop(spacing))
-    return out
+    steps = PREPROCESSING_VARIANTS.index(variant)
+    if steps >= 1:  # MONAI's whole-volume Spacingd
+        chain = [Spacingd("image", pixdim=pixdim, mode="bilinear", dtype=np.float32) if isinstance(t, Spacingd)
+                 else t for t in chain]  # fmt: skip
+    if steps >= 2:  # float32 loading
+        chain = [LoadImaged("image", image_only=True) if isinstance(t, LoadImaged) else t for t in chain]
+    if steps >= 3:  # float64, and the whole field of view resampled before the crop
+        chain = [Spacingd("image", pixdim=pixdim, mode="bilinear") if isinstance(t, Spacingd) else t for t in chain]
+        crop = next(i for i, t in enumerate(chain) if isinstance(t, CropForegroundd))
+        spacing = next(i for i, t in enumerate(chain) if isinstance(t, Spacingd))
+        chain.insert(crop, chain.pop(spacing))
+    return chain
 
 
 def run_preprocessing(chain: list, path: str, clock: Clock) -> dict:
@@ -1323,10 +1328,13 @@ class Benchmark:
         args = self.args
         descriptions = {
             "library": "as `segmentation_preprocessing` builds it: LoadImaged in the file's dtype (int16 here), "
-            "CropForegroundd, then Spacingd(dtype=float32) (only the body is resampled, into float32)",
-            "float32_load": "the library chain with MONAI's default LoadImaged (float32 at once), its previous loader",
-            "float64_resample_first": "the chain before that: float32 loading, Spacingd in float64 (MONAI's "
-            "default) on the whole field of view, then CropForegroundd",
+            "CropForegroundd, then SlabSpacingd(dtype=float32) (only the body is resampled, into float32, one slab "
+            "of the output at a time)",
+            "whole_volume_spacing": "the library chain with MONAI's Spacingd(dtype=float32) (the whole output in one "
+            "grid_sample), its previous spacing step",
+            "float32_load": "that with MONAI's default LoadImaged (float32 at once), the loader before",
+            "float64_resample_first": "that with Spacingd in float64 (MONAI's default) on the whole field of view, "
+            "then CropForegroundd: the chain before that",
         }
         variants = [(name, descriptions[name]) for name in PREPROCESSING_VARIANTS]
         results = {}

@@ -69,6 +69,20 @@ def test_segment_file_formats_keep_geometry(trained, msd_dataset, tmp_path, suff
     assert sitk.GetArrayFromImage(written).dtype == np.uint8
 
 
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_nrrd_and_mha_inputs_segment_like_nifti(trained, msd_dataset, tmp_path, suffix):
+    """The same scan as NRRD/MHA (written by SimpleITK, read by MONAI's ITKReader) gives the NIfTI input's labels
+    on the same world grid."""
+    seg = segmenter(trained, "resunet3d_segmentation")
+    nifti = sorted((msd_dataset / "imagesTs").glob("*.nii.gz"))[0]
+    converted = tmp_path / f"scan{suffix}"
+    sitk.WriteImage(sitk.ReadImage(str(nifti)), str(converted))
+    from_nifti, from_other = seg(nifti), seg(converted)
+    assert from_other.shape == from_nifti.shape
+    np.testing.assert_allclose(from_other.affine.numpy(), from_nifti.affine.numpy(), atol=1e-4)
+    assert (from_other == from_nifti).float().mean() > 0.999
+
+
 def test_checkpoint_errors(trained, tmp_path):
     bundle = trained["resunet3d_segmentation"]
     with pytest.raises(CheckpointError, match="checkpoint not found"):

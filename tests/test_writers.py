@@ -11,10 +11,10 @@ import SimpleITK as sitk
 import torch
 from dicom_synth import write_enhanced, write_series
 from monai.data import MetaTensor
-from monai.transforms import EnsureChannelFirst, LoadImage, Orientation
+from monai.transforms import EnsureChannelFirst, LoadImage, Orientation, SaveImaged
 
 from monai_resunet.data import DicomSeriesReader
-from monai_resunet.inference import LabelWriteError, write_dicom_seg, write_label_map
+from monai_resunet.inference import LabelMapWriter, LabelWriteError, write_dicom_seg, write_label_map
 
 hd = pytest.importorskip("highdicom")
 
@@ -122,6 +122,43 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch, name, target):
     with pytest.raises(LabelWriteError):
         write_label_map(make_label(seed=2), tmp_path / name)
     assert (tmp_path / name).read_bytes() == before and len(list(tmp_path.iterdir())) == 1
+
+
+def test_save_imaged_with_label_map_writer(tmp_path, monkeypatch):
+    """``SaveImaged(writer=LabelMapWriter)`` as the bundles' inference.json runs it: MONAI's file name, the same
+    voxels and geometry as MONAI's own NibabelWriter, uint8 even with SaveImage's float32 default, atomic."""
+    label = make_label((40, 30, 20))
+    label.meta["filename_or_obj"] = str(tmp_path / "case_001.nii.gz")
+    options = dict(output_postfix="seg", resample=False, separate_folder=False)
+    SaveImaged("pred", output_dir=str(tmp_path / "ours"), writer=LabelMapWriter, **options)({"pred": label})
+    SaveImaged("pred", output_dir=str(tmp_path / "monai"), output_dtype=np.uint8, **options)({"pred": label})
+    ours, monai = (nib.load(tmp_path / folder / "case_001_seg.nii.gz") for folder in ("ours", "monai"))
+    assert ours.get_data_dtype() == np.uint8 and ours.shape == monai.shape == (40, 30, 20)
+    np.testing.assert_array_equal(np.asanyarray(ours.dataobj), np.asanyarray(monai.dataobj))
+    np.testing.assert_allclose(ours.affine, monai.affine, atol=1e-6)
+
+    def half_write(img, filename, *args, **kwargs):
+        open(filename, "wb").write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("nibabel.save", half_write)
+    with pytest.raises(RuntimeError, match="disk full"):
+        SaveImaged("pred", output_dir=str(tmp_path / "failed"), writer=LabelMapWriter, **options)({"pred": label})
+    assert not list((tmp_path / "failed").iterdir())  # no partial output under the final name or a temporary one
+    monkeypatch.undo()
+    label.meta["original_affine"] = torch.eye(4)  # labels not on the input's grid: resampling was asked for
+    with pytest.raises(RuntimeError, match="does not resample"):
+        SaveImaged("pred", output_dir=str(tmp_path / "r"), writer=LabelMapWriter, resample=True)({"pred": label})
+
+
+def test_fortran_order_write_is_the_same_file_content(tmp_path):
+    label = make_label((33, 17, 9), top=200)
+    write_label_map(label, tmp_path / "a.nii")
+    reference = nib.Nifti1Image(label.numpy()[0].astype(np.uint8), AFFINE)
+    assert np.array_equal(np.asanyarray(nib.load(tmp_path / "a.nii").dataobj), reference.get_fdata().astype(np.uint8))
+    flipped = MetaTensor(torch.as_tensor(label.numpy()[:, ::-1].copy()), affine=AFFINE)  # other strides, same path
+    write_label_map(flipped, tmp_path / "b.nii.gz")
+    assert np.array_equal(np.asanyarray(nib.load(tmp_path / "b.nii.gz").dataobj), label.numpy()[0, ::-1])
 
 
 @pytest.mark.parametrize("name", ["seg.nii.gz", "seg.nrrd"])

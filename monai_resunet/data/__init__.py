@@ -1,4 +1,4 @@
-"""Data: MSD ``dataset.json`` datalists and splits, the DICOM series reader, demo data."""
+"""Data: MSD ``dataset.json`` datalists and splits, the DICOM series reader, the fast NIfTI reader, demo data."""
 
 from monai_resunet.data.datalist import (
     list_images,
@@ -17,3 +17,4 @@ from monai_resunet.data.dicom_series import (
     read_dicom_series_datasets,
     register_dicom_series_reader,
 )
+from monai_resunet.data.nifti_reader import FastNibabelReader

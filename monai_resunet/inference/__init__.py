@@ -2,4 +2,10 @@
 
 from monai_resunet.inference.inferers import SlabArgmaxInferer
 from monai_resunet.inference.segmenter import CheckpointError, Segmenter, load_checkpoint
-from monai_resunet.inference.writers import LABEL_MAP_SUFFIXES, LabelWriteError, write_dicom_seg, write_label_map
+from monai_resunet.inference.writers import (
+    LABEL_MAP_SUFFIXES,
+    LabelMapWriter,
+    LabelWriteError,
+    write_dicom_seg,
+    write_label_map,
+)

@@ -5,9 +5,11 @@ extension, since the backends choose the format by extension) and moved onto the
 so an interrupted or failed run never leaves a half-written output, and an existing output stays intact.
 
 - :func:`write_label_map`: a label map (channel-first with one channel, or no channel) as uint8 (uint16 when
-  labels exceed 255) on the given affine, without resampling: ``.nii``/``.nii.gz`` through nibabel (built with
-  MONAI's ``NibabelWriter.create_backend_obj``), ``.nrrd``/``.mha`` through SimpleITK (MONAI's ``ITKWriter``
-  needs ``itk``, which is not a dependency). Affines follow MONAI's convention: RAS, (x, y, z) indexing.
+  labels exceed 255) on the given affine, without resampling: ``.nii``/``.nii.gz`` through nibabel (the header
+  codes MONAI's ``NibabelWriter`` sets, voxels handed over x-fastest), ``.nrrd``/``.mha`` through SimpleITK.
+  Affines follow MONAI's convention: RAS, (x, y, z) indexing.
+- :class:`LabelMapWriter`: the same writer as a MONAI ``ImageWriter``, for ``SaveImaged(writer=LabelMapWriter)`` in
+  bundle configs (MONAI names the file; MONAI Label still recognises the step as ``SaveImaged`` and skips it).
 - :func:`write_dicom_seg`: a DICOM Segmentation (highdicom, optional ``dicom`` extra) with one segment per
   non-background class, referencing the source series, its frame of reference and, frame by frame, the source
   image each SEG frame lies on. The label is mapped from MONAI's RAS (x, y, z) layout back to the source's
@@ -26,14 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 from monai.config import PathLike
-from monai.data import MetaTensor, NibabelWriter
+from monai.data import ImageWriter, MetaTensor
 from monai.data.utils import orientation_ras_lps, to_affine_nd
 from monai.utils import MetaKeys, SpaceKeys
 from pydicom.dataset import Dataset
 
 from monai_resunet.data.dicom_series import DicomSeries, read_dicom_series
 
-__all__ = ["LABEL_MAP_SUFFIXES", "LabelWriteError", "write_dicom_seg", "write_label_map"]
+__all__ = ["LABEL_MAP_SUFFIXES", "LabelMapWriter", "LabelWriteError", "write_dicom_seg", "write_label_map"]
 
 LABEL_MAP_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 
@@ -122,13 +124,26 @@ def _is_orthogonal(affine: np.ndarray) -> bool:
     return bool(np.allclose(m.T @ m, np.eye(m.shape[0]), atol=1e-6))
 
 
+def _fortran_order(arr: np.ndarray) -> np.ndarray:
+    """The same array laid out x-fastest, as NIfTI stores voxels, by torch's threaded transposing copy: nibabel then
+    writes it without its own single-threaded strided ``tobytes("F")`` (512×512×300 uint8: 0.21 s instead of 0.36 s;
+    int16: 0.21 s instead of 0.44 s)."""
+    if arr.flags.f_contiguous or arr.ndim < 2:
+        return arr
+    flipped = torch.from_numpy(np.ascontiguousarray(arr) if arr.strides[-1] < 0 else arr)
+    reverse = tuple(range(arr.ndim))[::-1]
+    return flipped.permute(reverse).contiguous().numpy().transpose(reverse)  # torch's threaded transposing copy
+
+
 def _write_nifti(arr: np.ndarray, affine: np.ndarray, tmp: Path) -> None:
     import nibabel as nib
 
     # not NibabelWriter.set_data_array/write: they squeeze trailing singleton dimensions, so a one-slice volume
-    # (X, Y, 1) would come back 2D; the backend object and header codes are the same as NibabelWriter.write's
+    # (X, Y, 1) would come back 2D; nor its create_backend_obj, whose C-order copy (1.0 s for a 512×512×300 label
+    # map) would undo the x-fastest layout; the image and header codes are the ones NibabelWriter.write sets
     affine = to_affine_nd(3, affine)
-    img = NibabelWriter.create_backend_obj(arr, affine=affine, dtype=arr.dtype)
+    img = nib.Nifti1Image(_fortran_order(arr), affine)
+    img.set_data_dtype(arr.dtype)
     img.set_sform(affine, code=1)
     # a sheared affine (gantry tilt) cannot be a qform; code 0 makes readers use the exact sform
     img.set_qform(affine, code=1 if _is_orthogonal(affine) else 0)
@@ -193,6 +208,47 @@ def write_label_map(label: Any, path: PathLike, affine: Any = None, dtype: Any =
     except Exception as e:
         raise LabelWriteError(f"{path}: writing the label map failed ({type(e).__name__}: {e}).") from e
     return path
+
+
+class LabelMapWriter(ImageWriter):
+    """A MONAI ``ImageWriter`` for ``SaveImage(d)(writer=LabelMapWriter)``: MONAI names the file (output folder,
+    postfix, extension), ``write_label_map`` writes it, atomically (a temporary file renamed into place, so a failed
+    or interrupted write never leaves a partial file), as uint8/uint16 labels on the label's own grid.
+
+    It does not resample: ``SaveImaged(resample=False)`` (labels already on the input's grid, as ``InvertLabelMapd``
+    leaves them); with ``resample=True`` it refuses labels whose affine differs from the ``original_affine``.
+
+    Args:
+        output_dtype: label dtype (``None``: uint8, or uint16 above 255).
+        kwargs: other ``SaveImage`` writer options (ignored: labels are written as they are).
+
+    Example::
+
+        save = SaveImaged("pred", output_dir="out", output_postfix="seg", resample=False, writer=LabelMapWriter)
+    """
+
+    output_dtype: Any = None
+
+    def set_data_array(self, data_array: Any, channel_dim: int | None = 0, squeeze_end_dims: bool = True, **kwargs):
+        self.data_obj = data_array  # write_label_map removes a leading channel of one and checks the rest
+
+    def set_metadata(self, meta_dict: Mapping | None = None, resample: bool = True, **options):
+        meta = dict(meta_dict or {})
+        self.affine = meta.get(MetaKeys.AFFINE)
+        original = meta.get(MetaKeys.ORIGINAL_AFFINE)
+        if resample and original is not None and self.affine is not None:
+            if not np.allclose(_to_numpy(original), _to_numpy(self.affine), atol=1e-4):
+                raise ValueError(
+                    f"{meta.get(MetaKeys.FILENAME_OR_OBJ, 'label')}: LabelMapWriter does not resample; invert the "
+                    "labels onto the input's grid first (InvertLabelMapd) and save with resample=False."
+                )
+
+    def write(self, filename: PathLike, verbose: bool = True, **kwargs):
+        label = self.data_obj
+        # SaveImage's default output_dtype is float32: labels stay integers (uint8/uint16) unless an integer is asked
+        integer = self.output_dtype is not None and np.issubdtype(np.dtype(self.output_dtype), np.integer)
+        write_label_map(label, filename, affine=None if isinstance(label, MetaTensor) else self.affine,
+                        dtype=self.output_dtype if integer else None)  # fmt: skip
 
 
 def _onto_source_grid(arr: np.ndarray, label_affine: np.ndarray, series: DicomSeries, path: Path) -> np.ndarray:

@@ -19,12 +19,14 @@ from monai.transforms import (
     RandRotate90d,
     RandScaleIntensityd,
     RandShiftIntensityd,
-    Spacingd,
     SpatialPadd,
     Transform,
 )
+from monai.utils import ensure_tuple
 
+from monai_resunet.data.nifti_reader import FastNibabelReader
 from monai_resunet.transforms.intensity import NormalizeByModalityd, foreground_select_fn
+from monai_resunet.transforms.slab_spacing import SlabSpacingd
 from monai_resunet.transforms.slices import AddNeighbourSlicesd, slice_sampling
 
 __all__ = ["segmentation_preprocessing", "segmentation_augmentation"]
@@ -56,8 +58,9 @@ def segmentation_preprocessing(
         crop_foreground: crop to the bounding box of the body (raw intensity > 0, or > -500 HU for CT).
         pad_size: pad (symmetrically) to at least this spatial size, so random crops never fail on small
             volumes; ``None`` for no padding.
-        reader: image reader for ``LoadImaged`` (``None``: MONAI picks by suffix; DICOM series folders need
-            ``monai_resunet.data.DicomSeriesReader``).
+        reader: image reader instance(s) for ``LoadImaged``, preferred for the files they claim (``verify_suffix``;
+            DICOM series folders need ``monai_resunet.data.DicomSeriesReader``); NIfTI then goes to
+            ``monai_resunet.data.FastNibabelReader``, other formats to MONAI's readers, chosen by suffix.
         slice_axis: for 2.5D models, the axis whose neighbouring slices become channels.
         num_neighbours: 2.5D: neighbouring slices on each side stacked as extra channels (0 for 3D and plain 2D).
 
@@ -68,22 +71,31 @@ def segmentation_preprocessing(
     keys = list(keys)
     label_keys = [k for k in keys if k != image_key]
     # load in the file's own dtype (MONAI's default casts to float32 at once): a CT's int16 stays 2 bytes a voxel
-    # until Spacingd resamples the body crop into float32, so the full field of view never exists in float32. The
-    # output is the same; on a 512×512×1000 CT the load stage's peak RSS fell from 2,548 to 1,547 MiB (the overall
-    # peak, in Spacingd, did not move: pipelines/results/speed_benchmark.md)
+    # until the spacing step resamples the body crop into float32, one slab at a time, so the full field of view
+    # never exists in float32. The output is the same; on a 512×512×1000 CT the load stage's peak RSS fell from
+    # 2,548 to 1,547 MiB (pipelines/results/speed_benchmark.md)
+    # each file goes to the last-registered reader that claims its suffix (MONAI's choice by suffix, so a reader's
+    # error is reported, not papered over by another reader): the caller's reader (a DICOM series reader), then
+    # FastNibabelReader for NIfTI (ISA-L inflation, torch's threaded C-order copy: 2.2 → 1.0 s on a 512×512×300 CT),
+    # then MONAI's defaults (ITKReader for NRRD/MHA)
+    load = LoadImaged(keys, image_only=True, dtype=None)
+    for r in [FastNibabelReader(), *([] if reader is None else ensure_tuple(reader))]:
+        load.register(r)
     chain: list[Transform] = [
-        LoadImaged(keys, reader=reader, image_only=True, dtype=None),
+        load,
         EnsureChannelFirstd(keys),
         Orientationd(keys, axcodes="RAS"),
     ]
     # crop to the body before resampling, so only the body is resampled (on a CT, resampling the air around it
     # made the spacing step the peak-memory stage), and resample in float32 (MONAI's default float64 doubles
-    # the buffers for no visible difference: max 1e-4 on [0, 1] intensities, pipelines/results/speed_benchmark.md)
+    # the buffers for no visible difference: max 1e-4 on [0, 1] intensities, pipelines/results/speed_benchmark.md).
+    # SlabSpacingd is MONAI's Spacingd sampled slab by slab (same output, metadata and inverse): on a 512×512×1000
+    # CT MONAI's whole-volume sampling grid made this the peak-memory stage of inference
     if crop_foreground:
         chain.append(CropForegroundd(keys, source_key=image_key, select_fn=foreground_select_fn(modality)))
     if pixdim is not None:
         modes = ["bilinear" if k == image_key else "nearest" for k in keys]
-        chain.append(Spacingd(keys, pixdim=pixdim, mode=modes, dtype=np.float32))
+        chain.append(SlabSpacingd(keys, pixdim=pixdim, mode=modes, dtype=np.float32))
     chain.append(NormalizeByModalityd(image_key, modality=modality, ct_window=ct_window))
     if pad_size is not None:
         chain.append(SpatialPadd(keys, spatial_size=pad_size))

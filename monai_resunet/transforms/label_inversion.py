@@ -75,7 +75,7 @@ def _kept_geometry(image: Any, grid_shape: Sequence[int]) -> tuple[list[int], li
     if not operations or any(lo > hi for lo, hi in zip(first, last)):
         return None
     resample = operations[-1]
-    if resample.get("class") != "SpatialResample":
+    if resample.get("class") not in ("SpatialResample", "SlabSpatialResample"):
         return None
     box_affine = np.asarray(resample["extra_info"]["src_affine"], dtype=np.float64)
     return first, last, box_affine, [int(n) for n in resample["orig_size"]]
