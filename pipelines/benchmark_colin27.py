@@ -269,20 +269,132 @@ def lr_factor(fraction: float, warmup: float = WARMUP_FRACTION) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def patch_and_preprocessing(is_2d: bool, settings: Settings) -> tuple[tuple[int, ...], dict[str, Any]]:
+    """The training patch and the ``segmentation_preprocessing`` arguments of a 3D or the 2D (axial) network."""
+    patch = tuple(settings.patch_size_2d) if is_2d else tuple(settings.patch_size)
+    pad_size = [*patch, 1] if is_2d else list(patch)  # the 2D bundle's pad_size for slice_axis=2
+    return patch, {"pixdim": settings.pixdim, "modality": settings.modality, "pad_size": pad_size}
+
+
+MIRRORINGS = {"none": (), "x": (0,), "x, y, z": (0, 1, 2)}  # window axes; the 2D network's window is (x, y)
+
+
+def mirroring_report(settings: Settings, out: Path) -> str:
+    """The saved final weights of a run (``out/predictions/<network>.pt``) scored on the held-out image without
+    and with test-time mirroring (``monai_resunet.inference.MirrorInferer``), every network alike; Markdown."""
+    import torch
+
+    torch.set_num_threads(settings.threads)
+    lines = [
+        "# Colin27: test-time mirroring on the saved final weights",
+        "",
+        f"Weights: `{out / 'predictions'}` (each network's state after its {settings.budget_s:g} s of training). "
+        "Mirroring = the logits of every combination of flips along the listed window axes, flipped back and "
+        "averaged (nnU-Net's test-time augmentation); the 2D network's window is the axial slice, so its "
+        "'x, y, z' row mirrors x and y. Held-out mean Dice (per structure in brackets) and inference seconds.",
+        "",
+        "| network | " + " | ".join(f"mirroring {m}: Dice | s" for m in MIRRORINGS) + " |",
+        "| --- |" + " ---: | ---: |" * len(MIRRORINGS),
+    ]
+    for name in settings.networks:
+        weights = out / "predictions" / f"{name}.pt"
+        if not weights.is_file():
+            lines.append(f"| {name} | no saved weights: {weights} |")
+            continue
+        is_2d = name == "resunet2d-bundle"
+        recipe = bundle_recipe(BUNDLE_CONFIGS.get(name, BUNDLE3D), settings.dataset_dir, settings.overrides)
+        patch, pre_kwargs = patch_and_preprocessing(is_2d, settings)
+        held_out = HeldOut(settings, is_2d, patch, pre_kwargs, recipe["sw_batch_size"])
+        network = build_network(name, settings.dataset_dir, settings.overrides if name in BUNDLE_CONFIGS else {})
+        network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        network.eval()
+        cells = []
+        for axes in MIRRORINGS.values():
+            ev = held_out.evaluate(network, final=False, mirror_axes=axes[:2] if is_2d else axes)
+            per = ", ".join(f"{v:.3f}" for v in ev["dice"].values())
+            cells += [f"{ev['mean_dice']:.4f} ({per})", f"{ev['inference_s']:.1f}"]
+            print(f"  {name} mirroring {axes}: mean Dice {ev['mean_dice']:.4f}", file=sys.stderr, flush=True)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+class HeldOut:
+    """The held-out image, pre-processed like the training data, its label, and how a network is scored on it:
+    the inferer on the pre-processed image, softmax, ``Invertd`` back to the label's grid, arg-max, Dice (and HD95
+    with ``final``)."""
+
+    def __init__(
+        self, settings: Settings, is_2d: bool, patch: Sequence[int], pre_kwargs: dict[str, Any], sw_batch_size: int
+    ) -> None:
+        from monai.inferers import SliceInferer, SlidingWindowInferer
+        from monai.networks.utils import one_hot
+        from monai.transforms import Compose, Invertd, LoadImage
+
+        from monai_resunet.data import read_dataset_json
+        from monai_resunet.transforms import segmentation_preprocessing
+
+        meta = read_dataset_json(settings.dataset_dir)
+        self.preprocessing = Compose(segmentation_preprocessing(["image"], **pre_kwargs))
+        self.test = self.preprocessing({"image": str(Path(settings.dataset_dir) / meta["test"][0])})
+        self.label = LoadImage(image_only=True, ensure_channel_first=True)(
+            str(Path(settings.dataset_dir) / meta["test_labels"][0])
+        )
+        self.spacing = [float(s) for s in self.label.pixdim[:3]]
+        self.label_onehot = one_hot(self.label[None].long(), NUM_CLASSES)
+        self.invert = Invertd(
+            keys="pred", transform=self.preprocessing, orig_keys="image", nearest_interp=False, to_tensor=True
+        )
+        if is_2d:
+            self.inferer = SliceInferer(
+                spatial_dim=2, roi_size=patch, sw_batch_size=sw_batch_size, overlap=0.5, mode="gaussian",
+                progress=False,
+            )  # fmt: skip
+        else:
+            self.inferer = SlidingWindowInferer(
+                roi_size=patch, sw_batch_size=sw_batch_size, overlap=0.5, mode="gaussian"
+            )
+
+    def evaluate(self, network, final: bool, mirror_axes: Sequence[int] = ()) -> dict[str, Any]:
+        """Scores of ``network`` (in eval mode) on the held-out image; ``mirror_axes``: test-time mirroring."""
+        import numpy as np
+        import torch
+        from monai.metrics import compute_dice, compute_hausdorff_distance
+        from monai.networks.utils import one_hot
+
+        from monai_resunet.inference import MirrorInferer
+
+        inferer = MirrorInferer(self.inferer, mirror_axes) if mirror_axes else self.inferer
+        with torch.inference_mode():
+            start = time.perf_counter()
+            logits = inferer(self.test["image"][None], network)
+            seconds = time.perf_counter() - start
+        restored = self.invert({"image": self.test["image"], "pred": torch.softmax(logits[0], dim=0)})["pred"]
+        pred = restored.argmax(dim=0, keepdim=True)
+        pred_oh = one_hot(pred[None].as_tensor().long(), NUM_CLASSES)
+        truth = self.label_onehot.as_tensor()
+        dice = compute_dice(pred_oh, truth, include_background=False)[0].tolist()
+        result: dict[str, Any] = {"dice": dict(zip(STRUCTURES, dice)), "mean_dice": float(np.nanmean(dice))}
+        result["inference_s"] = seconds
+        if final:
+            hd = compute_hausdorff_distance(
+                pred_oh, truth, include_background=False, percentile=95, spacing=self.spacing
+            )[0].tolist()
+            result["hd95_mm"] = {s: (float(v) if math.isfinite(v) else None) for s, v in zip(STRUCTURES, hd)}
+            result["prediction"] = pred
+        return result
+
+
 def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
     """Train ``name`` for the budget, evaluating the held-out image on the way; return its result row."""
     import nibabel as nib
     import numpy as np
     import torch
     from monai.data import CacheDataset, DataLoader
-    from monai.inferers import SliceInferer, SlidingWindowInferer
-    from monai.metrics import compute_dice, compute_hausdorff_distance
-    from monai.networks.utils import one_hot
-    from monai.transforms import Compose, Invertd, LoadImage
+    from monai.transforms import Compose
     from monai.utils import set_determinism
     from tqdm import tqdm
 
-    from monai_resunet.data import msd_datalist, read_dataset_json
+    from monai_resunet.data import msd_datalist
     from monai_resunet.networks import configure_execution
     from monai_resunet.transforms import segmentation_augmentation, segmentation_preprocessing
 
@@ -295,23 +407,11 @@ def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
     set_determinism(seed=settings.seed)
 
     # data: the library's chains, the deterministic part cached once
-    if is_2d:
-        patch: tuple[int, ...] = tuple(settings.patch_size_2d)
-        pad_size = [*patch, 1]  # the 2D bundle's pad_size for slice_axis=2
-        aug = segmentation_augmentation(
-            ["image", "label"],
-            patch_size=patch,
-            num_classes=NUM_CLASSES,
-            num_samples=recipe["num_samples"],
-            slice_axis=2,
-        )
-    else:
-        patch = tuple(settings.patch_size)
-        pad_size = list(patch)
-        aug = segmentation_augmentation(
-            ["image", "label"], patch_size=patch, num_classes=NUM_CLASSES, num_samples=recipe["num_samples"]
-        )
-    pre_kwargs = {"pixdim": settings.pixdim, "modality": settings.modality, "pad_size": pad_size}
+    patch, pre_kwargs = patch_and_preprocessing(is_2d, settings)
+    aug = segmentation_augmentation(
+        ["image", "label"], patch_size=patch, num_classes=NUM_CLASSES, num_samples=recipe["num_samples"],
+        slice_axis=2 if is_2d else None,
+    )  # fmt: skip
     train_pre = segmentation_preprocessing(["image", "label"], **pre_kwargs)
     train_items = msd_datalist(dataset_dir, "training")
     # batch_size images per iteration: with one training image, the same image batch_size times
@@ -319,28 +419,7 @@ def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
     dataset = CacheDataset(data, Compose(train_pre + aug), cache_rate=1.0, num_workers=0, progress=False)
     loader = DataLoader(dataset, batch_size=recipe["batch_size"], shuffle=True, num_workers=0)
 
-    meta = read_dataset_json(dataset_dir)
-    test_image = str(Path(dataset_dir) / meta["test"][0])
-    test_label_path = str(Path(dataset_dir) / meta["test_labels"][0])
-    test_pre = Compose(segmentation_preprocessing(["image"], **pre_kwargs))
-    test = test_pre({"image": test_image})
-    label = LoadImage(image_only=True, ensure_channel_first=True)(test_label_path)
-    spacing = [float(s) for s in label.pixdim[:3]]
-    label_oh = one_hot(label[None].long(), NUM_CLASSES)
-    invert = Invertd(keys="pred", transform=test_pre, orig_keys="image", nearest_interp=False, to_tensor=True)
-    if is_2d:
-        inferer = SliceInferer(
-            spatial_dim=2,
-            roi_size=patch,
-            sw_batch_size=recipe["sw_batch_size"],
-            overlap=0.5,
-            mode="gaussian",
-            progress=False,
-        )
-    else:
-        inferer = SlidingWindowInferer(
-            roi_size=patch, sw_batch_size=recipe["sw_batch_size"], overlap=0.5, mode="gaussian"
-        )
+    held_out = HeldOut(settings, is_2d, patch, pre_kwargs, recipe["sw_batch_size"])
     baseline_rss = maxrss_mib()
 
     # execution flags change how fast a network runs, not what it is. The bundle networks run with their config's;
@@ -358,22 +437,7 @@ def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
 
     def evaluate(final: bool) -> dict[str, Any]:
         network.eval()
-        with torch.inference_mode():
-            start = time.perf_counter()
-            logits = inferer(test["image"][None], network)
-            seconds = time.perf_counter() - start
-        restored = invert({"image": test["image"], "pred": torch.softmax(logits[0], dim=0)})["pred"]
-        pred = restored.argmax(dim=0, keepdim=True)
-        pred_oh = one_hot(pred[None].as_tensor().long(), NUM_CLASSES)
-        dice = compute_dice(pred_oh, label_oh.as_tensor(), include_background=False)[0].tolist()
-        result: dict[str, Any] = {"dice": dict(zip(STRUCTURES, dice)), "mean_dice": float(np.nanmean(dice))}
-        if final:
-            hd = compute_hausdorff_distance(
-                pred_oh, label_oh.as_tensor(), include_background=False, percentile=95, spacing=spacing
-            )[0].tolist()
-            result["hd95_mm"] = {s: (float(v) if math.isfinite(v) else None) for s, v in zip(STRUCTURES, hd)}
-            result["inference_s"] = seconds
-            result["prediction"] = pred
+        result = held_out.evaluate(network, final)
         network.train()
         return result
 
@@ -431,7 +495,7 @@ def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
     pred_dir = out_dir / "predictions"
     pred_dir.mkdir(parents=True, exist_ok=True)
     nib.save(
-        nib.Nifti1Image(ev["prediction"][0].numpy().astype(np.uint8), label.affine.numpy()),
+        nib.Nifti1Image(ev["prediction"][0].numpy().astype(np.uint8), held_out.label.affine.numpy()),
         str(pred_dir / f"{name}.nii.gz"),
     )
     # the final weights, so pipelines/benchmark_2d_vs_3d.py --colin27 can run them through the bundles' inference
@@ -859,6 +923,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="DIR",
         help="write the reports from the per-network results (.NAME.result.json) kept in DIR, training nothing",
     )
+    parser.add_argument(
+        "--mirroring-report",
+        action="store_true",
+        help="score the final weights a run saved in OUT/predictions with and without test-time mirroring (every "
+        "network of --networks alike), write OUT/colin27_mirroring.md; trains nothing",
+    )
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: one network, in this process
     parser.add_argument("--result-json", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -905,6 +975,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if not row.get("error") else 1
 
     machine = machine_info()
+    if args.mirroring_report:  # the saved weights of a run, scored with and without test-time mirroring
+        text = mirroring_report(settings, out)
+        (out / "colin27_mirroring.md").write_text(text)
+        print(text)
+        return 0
     if args.report_from:  # rows kept from an interrupted run: write the reports only
         rows = [json.loads(p.read_text()) for p in sorted(Path(args.report_from).glob(".*.result.json"))]
         order = {name: k for k, name in enumerate(NETWORKS)}

@@ -321,4 +321,13 @@ def test_colin27_quick_benchmark(colin27_dataset, tmp_path):
     for name in bench.QUICK_NETWORKS:
         pred = nib.load(str(out / "predictions" / f"{name}.nii.gz"))
         assert pred.shape == nib.load(str(colin27_dataset / "labelsTs" / "colin27_right_mirrored.nii.gz")).shape
+    # the saved weights scored again, without and with test-time mirroring: "none" reproduces the final Dice
+    quick = ["--quick", "--dataset-dir", str(colin27_dataset), "--out", str(out), "--networks", *bench.QUICK_NETWORKS]
+    assert bench.main([*quick, "--mirroring-report"]) == 0
+    report = (out / "colin27_mirroring.md").read_text().splitlines()
+    for row in table:
+        cells = next(line for line in report if line.startswith(f"| {row['network']} |")).strip("|").split("|")
+        dice = [float(c.split("(")[0]) for c in cells[1::2]]
+        assert len(dice) == len(bench.MIRRORINGS) and all(0.0 <= d <= 1.0 for d in dice)
+        assert abs(dice[0] - float(row["mean_dice"])) < 1e-3
     print(f"quick benchmark: {elapsed:.0f} s")  # ~30 s on 2 shared cores; designed to stay under a minute

@@ -1,5 +1,6 @@
-"""``FastNibabelReader``: the same arrays and metadata as MONAI's ``NibabelReader``, C-contiguous, through ISA-L for
-``.nii.gz`` (and nibabel's gzip without it)."""
+"""The readers ``segmentation_preprocessing`` registers: ``FastNibabelReader`` (the same arrays and metadata as
+MONAI's ``NibabelReader``, C-contiguous, through ISA-L for ``.nii.gz``, nibabel's gzip without it) and
+``SimpleITKReader`` (NRRD/MHA in ITKReader's conventions: (x, y, z) indexing, RAS affine)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from monai.transforms import LoadImaged
 
 import monai_resunet.data.nifti_reader as nifti_reader
-from monai_resunet.data import FastNibabelReader
+from monai_resunet.data import FastNibabelReader, SimpleITKReader
 from monai_resunet.transforms import segmentation_preprocessing
 
 AFFINE = np.array([[-0.7, 0, 0, 90.0], [0, -0.7, 0, 80.0], [0, 0, 1.5, -40.0], [0, 0, 0, 1]])
@@ -76,15 +77,52 @@ def test_reoriented_images_are_read_from_the_reoriented_voxels(tmp_path):
     assert torch.equal(ours.as_tensor(), reference.as_tensor())
 
 
-def test_preprocessing_reads_nifti_fast_and_other_formats_with_monai(tmp_path):
+def test_preprocessing_reads_nifti_fast_and_nrrd_mha_with_simpleitk(tmp_path):
     import SimpleITK as sitk
 
     array = np.random.default_rng(2).integers(0, 99, (9, 8, 7)).astype(np.int16)
     nifti = _write(tmp_path / "a.nii.gz", array)
-    nrrd = str(tmp_path / "a.nrrd")
-    sitk.WriteImage(sitk.GetImageFromArray(array.transpose(2, 1, 0)), nrrd)
     load = segmentation_preprocessing(["image"], pixdim=None, crop_foreground=False)[0]
-    assert isinstance(load._loader.readers[-1], FastNibabelReader) and load._loader.auto_select
-    for path in (nifti, nrrd):
+    readers = load._loader.readers
+    assert load._loader.auto_select and isinstance(readers[-1], SimpleITKReader)
+    assert isinstance(readers[-2], FastNibabelReader)
+    reference = _load(nifti)
+    for suffix in (".nii.gz", ".nrrd", ".mha"):
+        path = nifti if suffix == ".nii.gz" else str(tmp_path / f"a{suffix}")
+        if suffix != ".nii.gz":
+            sitk.WriteImage(sitk.ReadImage(nifti), path)  # the same scan and geometry, another format
         image = load({"image": path})["image"]
         np.testing.assert_array_equal(image.numpy(), array)
+        np.testing.assert_allclose(image.affine.numpy(), reference.affine.numpy(), atol=1e-5)
+        np.testing.assert_array_equal(image.meta["spatial_shape"], (9, 8, 7))
+
+
+def test_simpleitk_reader_geometry_channels_and_errors(tmp_path):
+    import SimpleITK as sitk
+
+    # an oblique MetaImage: the RAS affine is SimpleITK's LPS geometry with x and y negated
+    image = sitk.GetImageFromArray(np.arange(5 * 4 * 3, dtype=np.float32).reshape(5, 4, 3))  # (z, y, x)
+    c, s_ = np.cos(0.4), np.sin(0.4)
+    image.SetDirection([c, -s_, 0, s_, c, 0, 0, 0, 1])
+    image.SetSpacing([0.8, 1.1, 2.5])
+    image.SetOrigin([-10.0, 22.0, 5.0])
+    sitk.WriteImage(image, str(tmp_path / "oblique.mha"))
+    reader = SimpleITKReader()
+    array, meta = reader.get_data(reader.read(tmp_path / "oblique.mha"))
+    assert array.shape == (3, 4, 5) and array.flags.c_contiguous
+    assert array[2, 1, 0] == sitk.GetArrayFromImage(image)[0, 1, 2]  # (x, y, z) indexing
+    lps = np.eye(4)
+    lps[:3, :3] = np.asarray(image.GetDirection()).reshape(3, 3) @ np.diag(image.GetSpacing())
+    lps[:3, 3] = image.GetOrigin()
+    np.testing.assert_allclose(meta["affine"], np.diag([-1, -1, 1, 1]) @ lps)
+    assert np.isnan(meta["original_channel_dim"]) and str(meta["space"]) == "RAS"
+    # a vector image keeps its components last, as ITKReader does
+    vector = sitk.GetImageFromArray(np.zeros((5, 4, 3, 2), np.uint8), isVector=True)
+    sitk.WriteImage(vector, str(tmp_path / "vector.nrrd"))
+    array, meta = reader.get_data(reader.read(tmp_path / "vector.nrrd"))
+    assert array.shape == (3, 4, 5, 2) and meta["original_channel_dim"] == -1
+    # a broken file: a clear error naming it
+    (tmp_path / "broken.nrrd").write_bytes(b"NRRD0004\ntype: short\n")
+    with pytest.raises(ValueError, match="broken.nrrd: SimpleITK cannot read"):
+        reader.read(tmp_path / "broken.nrrd")
+    assert reader.verify_suffix(["a.NRRD", "b.mhd"]) and not reader.verify_suffix("a.nii.gz")

@@ -83,6 +83,23 @@ def test_nrrd_and_mha_inputs_segment_like_nifti(trained, msd_dataset, tmp_path, 
     assert (from_other == from_nifti).float().mean() > 0.999
 
 
+@pytest.mark.parametrize("name", ["resunet3d_segmentation", "resunet2d_segmentation"])
+def test_mirror_axes_override_turns_on_test_time_mirroring(trained, msd_dataset, name):
+    from monai_resunet.inference import MirrorInferer
+
+    net = NET_3D if name.startswith("resunet3d") else NET_2D
+    plain = Segmenter.from_bundle(trained[name], device="cpu", **net)
+    mirrored = Segmenter.from_bundle(trained[name], device="cpu", mirror_axes=[0], **net)
+    assert not isinstance(plain.inferer, MirrorInferer) and isinstance(mirrored.inferer, MirrorInferer)
+    calls = {"plain": 0, "mirrored": 0}
+    for key, seg in (("plain", plain), ("mirrored", mirrored)):
+        seg.network.register_forward_hook(lambda *_, key=key: calls.__setitem__(key, calls[key] + 1))
+    path = sorted((msd_dataset / "imagesTs").glob("*.nii.gz"))[0]
+    a, b = plain(path), mirrored(path)
+    assert a.shape == b.shape and a.dtype == b.dtype and (a == b).float().mean() > 0.5
+    assert calls["plain"] > 0 and calls["mirrored"] == 2 * calls["plain"]  # each window once more, mirrored
+
+
 def test_checkpoint_errors(trained, tmp_path):
     bundle = trained["resunet3d_segmentation"]
     with pytest.raises(CheckpointError, match="checkpoint not found"):

@@ -47,9 +47,11 @@ def test_equals_monai_spacingd(monkeypatch, rotation, padding_mode):
     ours = SlabSpacingd(**_spacing_args(padding_mode), slab_voxels=SLAB)(dict(data))
     monkeypatch.undo()
     out_voxels = reference["image"].shape[1:].numel()
-    # every call samples at most one slab (≥ 1 plane), and the slabs cover the output of both keys once
-    plane = reference["image"].shape[2:].numel()
-    assert len(calls) > 4 and max(calls) <= max(SLAB, plane) and sum(calls) == 2 * out_voxels
+    if rotation:  # grid_sample: every call samples at most one slab (≥ 1 plane), the slabs cover both keys once
+        plane = reference["image"].shape[2:].numel()
+        assert len(calls) > 4 and max(calls) <= max(SLAB, plane) and sum(calls) == 2 * out_voxels
+    else:  # scale and shift only: interpolated axis by axis, no coordinate grid at all
+        assert not calls
     for key in ("image", "label"):
         assert ours[key].shape == reference[key].shape and ours[key].dtype == reference[key].dtype
         np.testing.assert_allclose(ours[key].affine.numpy(), reference[key].affine.numpy(), atol=1e-10)
@@ -59,6 +61,38 @@ def test_equals_monai_spacingd(monkeypatch, rotation, padding_mode):
     # float32 rounding of positions only (inputs span ±1000)
     assert torch.allclose(ours["image"], reference["image"], rtol=0, atol=1000 * 1e-4)
     assert torch.equal(ours["label"].as_tensor(), reference["label"].as_tensor())
+
+
+@pytest.mark.parametrize("padding_mode", ["border", "zeros"])
+def test_axis_by_axis_path_matches_grid_sample_on_flips_and_shifts(padding_mode):
+    """Negative scales (flipped axes), down- and up-sampling, and an output grid reaching past the input (where
+    the padding mode decides): the axis-by-axis interpolation gives grid_sample's values."""
+    affine = np.diag([-0.7, 1.6, 1.3, 1.0])
+    affine[:3, 3] = [12.0, -3.0, 4.0]
+    data = _volume(0.0)
+    data = {k: MetaTensor(v.as_tensor(), affine=torch.as_tensor(affine)) for k, v in data.items()}
+    for size in (None, (30, 60, 45)):  # MONAI's own output size, and one larger than the field of view
+        kwargs = dict(_spacing_args(padding_mode), pixdim=(1.0, 0.9, 1.1), spatial_size=size)
+        reference = Spacingd(**{k: v for k, v in kwargs.items() if k != "spatial_size"})
+        ours = SlabSpacingd(**{k: v for k, v in kwargs.items() if k != "spatial_size"}, slab_voxels=SLAB)
+        a, b = reference(dict(data)), ours(dict(data))
+        if size is not None:  # a fixed output size through the array transform both wrap
+            a = {k: reference.spacing_transform(data[k], output_spatial_shape=size, mode=m, padding_mode=padding_mode)
+                 for k, m in zip(("image", "label"), ("bilinear", "nearest"))}  # fmt: skip
+            b = {k: ours.spacing_transform(data[k], output_spatial_shape=size, mode=m, padding_mode=padding_mode)
+                 for k, m in zip(("image", "label"), ("bilinear", "nearest"))}  # fmt: skip
+        assert b["image"].shape == a["image"].shape
+        assert torch.allclose(b["image"], a["image"], rtol=0, atol=1000 * 1e-4)
+        # nearest: a position exactly half-way between two input voxels may round either way (grid_sample rounds
+        # float32 coordinates); everywhere off those planes the labels must agree voxel for voxel
+        xform = torch.linalg.solve(data["label"].affine.double(), a["label"].affine.double())
+        off_tie = torch.ones(a["label"].shape[1:], dtype=torch.bool)
+        for axis, n in enumerate(a["label"].shape[1:]):
+            positions = xform[axis, axis] * torch.arange(n, dtype=torch.float64) + xform[axis, 3]
+            tie = ((positions - torch.floor(positions)) - 0.5).abs() < 1e-6
+            off_tie.index_fill_(axis, torch.nonzero(tie).flatten(), False)
+        same = b["label"].as_tensor()[0] == a["label"].as_tensor()[0]
+        assert off_tie.float().mean() > 0.8 and same[off_tie].all()
 
 
 def test_inverse_and_invertd_match_monai():

@@ -1,4 +1,5 @@
-"""Data: MSD ``dataset.json`` datalists and splits, the DICOM series reader, the fast NIfTI reader, demo data."""
+"""Data: MSD ``dataset.json`` datalists and splits, image readers (DICOM series, fast NIfTI, SimpleITK for
+NRRD/MHA), demo data."""
 
 from monai_resunet.data.datalist import (
     list_images,
@@ -18,3 +19,4 @@ from monai_resunet.data.dicom_series import (
     register_dicom_series_reader,
 )
 from monai_resunet.data.nifti_reader import FastNibabelReader
+from monai_resunet.data.sitk_reader import SimpleITKReader

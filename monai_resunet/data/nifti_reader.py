@@ -20,7 +20,7 @@ from nibabel.arrayproxy import ArrayProxy
 
 igzip, has_isal = optional_import("isal.igzip")
 
-__all__ = ["FastNibabelReader", "has_isal"]
+__all__ = ["FastNibabelReader", "c_contiguous", "has_isal"]
 
 
 class FastNibabelReader(NibabelReader):
@@ -38,7 +38,7 @@ class FastNibabelReader(NibabelReader):
     def _get_array_data(self, img, filename):
         if self.to_gpu:
             return super()._get_array_data(img, filename)
-        return _c_contiguous(self._read_voxels(img, str(filename)))
+        return c_contiguous(self._read_voxels(img, str(filename)))
 
     @staticmethod
     def _read_voxels(img, filename: str) -> np.ndarray:
@@ -53,7 +53,9 @@ class FastNibabelReader(NibabelReader):
         return np.asanyarray(proxy)
 
 
-def _c_contiguous(array: np.ndarray) -> np.ndarray:
+def c_contiguous(array: np.ndarray) -> np.ndarray:
+    """``array`` C-contiguous (itself if it is), copied by torch's multi-threaded ``contiguous()`` where torch can
+    hold it (numpy's single-threaded ``ascontiguousarray`` otherwise)."""
     if array.flags.c_contiguous or not array.dtype.isnative:
         return np.ascontiguousarray(array)  # torch has no big-endian dtypes: numpy's copy, as MONAI would make
     try:

@@ -120,7 +120,7 @@ class Segmenter:
             device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``…; ``None``: the config's default (CUDA when available).
             checkpoint: weights to load instead of ``bundle_dir/models/model.pt``.
             config_file: the inference config inside ``configs/``.
-            overrides: config overrides, e.g. ``sw_batch_size=4`` or ``**{"inferer#overlap": 0.25}``.
+            overrides: config overrides, e.g. ``sw_batch_size=4`` or ``**{"window_inferer#overlap": 0.25}``.
         """
         bundle = Path(bundle_dir).resolve()
         config = bundle / "configs" / config_file

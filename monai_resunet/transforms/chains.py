@@ -25,6 +25,7 @@ from monai.transforms import (
 from monai.utils import ensure_tuple
 
 from monai_resunet.data.nifti_reader import FastNibabelReader
+from monai_resunet.data.sitk_reader import SimpleITKReader
 from monai_resunet.transforms.intensity import NormalizeByModalityd, foreground_select_fn
 from monai_resunet.transforms.slab_spacing import SlabSpacingd
 from monai_resunet.transforms.slices import AddNeighbourSlicesd, slice_sampling
@@ -60,7 +61,8 @@ def segmentation_preprocessing(
             volumes; ``None`` for no padding.
         reader: image reader instance(s) for ``LoadImaged``, preferred for the files they claim (``verify_suffix``;
             DICOM series folders need ``monai_resunet.data.DicomSeriesReader``); NIfTI then goes to
-            ``monai_resunet.data.FastNibabelReader``, other formats to MONAI's readers, chosen by suffix.
+            ``monai_resunet.data.FastNibabelReader``, NRRD/MHA to ``monai_resunet.data.SimpleITKReader``, other
+            formats to MONAI's readers, chosen by suffix.
         slice_axis: for 2.5D models, the axis whose neighbouring slices become channels.
         num_neighbours: 2.5D: neighbouring slices on each side stacked as extra channels (0 for 3D and plain 2D).
 
@@ -77,9 +79,9 @@ def segmentation_preprocessing(
     # each file goes to the last-registered reader that claims its suffix (MONAI's choice by suffix, so a reader's
     # error is reported, not papered over by another reader): the caller's reader (a DICOM series reader), then
     # FastNibabelReader for NIfTI (ISA-L inflation, torch's threaded C-order copy: 2.2 → 1.0 s on a 512×512×300 CT),
-    # then MONAI's defaults (ITKReader for NRRD/MHA)
+    # SimpleITKReader for NRRD/MHA (MONAI's ITKReader would need itk), then MONAI's defaults
     load = LoadImaged(keys, image_only=True, dtype=None)
-    for r in [FastNibabelReader(), *([] if reader is None else ensure_tuple(reader))]:
+    for r in [FastNibabelReader(), SimpleITKReader(), *([] if reader is None else ensure_tuple(reader))]:
         load.register(r)
     chain: list[Transform] = [
         load,
