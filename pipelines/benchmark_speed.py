@@ -1080,7 +1080,8 @@ class Benchmark:
         return (
             "`bundle`: the 3D bundle's inference as its `inference.json` runs it now, the label path: "
             f"`SlabArgmaxInferer` (slab_dim={settings['slab_dim']}, slab = {slab}) → `InvertLabelMapd` (labels "
-            "back to the input grid by per-axis nearest-neighbour indices, 1 byte per voxel) → `SaveImaged` uint8; "
+            "back to the input grid by per-axis nearest-neighbour indices, 1 byte per voxel) → `SaveImaged` uint8 "
+            "through its `LabelMapWriter` (atomic; the other two pipelines write with MONAI's `NibabelWriter`); "
             'its "stitching" includes the arg-max, which it does slab by slab. `scores`: the class-score path the '
             "bundle ran before (its config key `score_inferer`): `SlidingWindowInferer` → `Activationsd(softmax)` → "
             "`Invertd` bilinear → `AsDiscreted(argmax)` → `SaveImaged`. `labels + Invertd`: the bundle's inferer → "
