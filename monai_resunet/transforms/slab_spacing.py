@@ -81,7 +81,7 @@ class SlabSpatialResample(SpatialResample):
             or str(padding_mode) not in ("zeros", "border")  # reflection about a slab's box is not the volume's
             or USE_COMPILED
             or not (get_track_meta() and self.tracing)  # no plan to read without tracked metadata
-            or math.prod(img.shape[1:]) <= self.slab_voxels
+            or math.prod(img.shape[1:]) <= self.slab_voxels  # an input within one slab: MONAI's call as it is
         ):
             return super().__call__(img, **args, lazy=lazy)
         # MONAI plans the operation lazily: no voxels computed, its record holds the output size and the voxel
