@@ -1681,6 +1681,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             ("CacheDataset", "DataLoader", 0),
             ("CacheDataset", "DataLoader", 2),
             ("CacheDataset", "ThreadDataLoader", 0),
+            ("CacheDataset", "ThreadDataLoader", 2),
         ]
     )
     args.agree_cases = 1 if quick else 2
