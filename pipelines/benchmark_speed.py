@@ -40,8 +40,9 @@ and ``cpu_bf16`` flags (``cpu_bf16`` = ``cpu_has_bf16()``: bfloat16 autocast on 
   contiguous, channels-last only and bf16 only; threads, ``torch.inference_mode`` vs ``no_grad``,
   ``sw_batch_size``.
 * ``preprocessing``: ``segmentation_preprocessing`` as the library builds it (body crop, then float32
-  resampling) vs its previous loader (float32 at once) and chain (float64 resampling of the whole field of view,
-  then the crop): time, peak RSS, difference to the library's output.
+  resampling slab by slab) vs the chains it replaced, one change undone at a time: MONAI's whole-volume
+  ``Spacingd``, float32 loading, float64 resampling of the whole field of view before the crop: time, peak RSS,
+  difference to the library's output.
 * ``training``: the bundle's ``train.json`` transforms, network (with its execution flags), loss and optimizer on
   the demo data (``monai_resunet.data.make_demo_dataset``): iterations/s and the split of each iteration into
   waiting for the data loader and forward/backward/step, for ``Dataset``/``CacheDataset`` × ``DataLoader`` (0 or

@@ -34,6 +34,7 @@ from monai.utils import MetaKeys, SpaceKeys
 from pydicom.dataset import Dataset
 
 from monai_resunet.data.dicom_series import DicomSeries, read_dicom_series
+from monai_resunet.data.nifti_reader import c_contiguous
 
 __all__ = ["LABEL_MAP_SUFFIXES", "LabelMapWriter", "LabelWriteError", "write_dicom_seg", "write_label_map"]
 
@@ -125,14 +126,10 @@ def _is_orthogonal(affine: np.ndarray) -> bool:
 
 
 def _fortran_order(arr: np.ndarray) -> np.ndarray:
-    """The same array laid out x-fastest, as NIfTI stores voxels, by torch's threaded transposing copy: nibabel then
-    writes it without its own single-threaded strided ``tobytes("F")`` (512×512×300 uint8: 0.21 s instead of 0.36 s;
-    int16: 0.21 s instead of 0.44 s)."""
-    if arr.flags.f_contiguous or arr.ndim < 2:
-        return arr
-    flipped = torch.from_numpy(np.ascontiguousarray(arr) if arr.strides[-1] < 0 else arr)
-    reverse = tuple(range(arr.ndim))[::-1]
-    return flipped.permute(reverse).contiguous().numpy().transpose(reverse)  # torch's threaded transposing copy
+    """The same array laid out x-fastest, as NIfTI stores voxels (the C-contiguous copy of its transpose, by torch's
+    threaded ``contiguous()``): nibabel then writes it without its own single-threaded strided ``tobytes("F")``
+    (512×512×300 uint8: 0.21 s instead of 0.36 s; int16: 0.21 s instead of 0.44 s)."""
+    return c_contiguous(arr.T).T
 
 
 def _write_nifti(arr: np.ndarray, affine: np.ndarray, tmp: Path) -> None:

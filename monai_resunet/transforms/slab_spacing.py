@@ -10,9 +10,9 @@ that slab reads, cast to the compute dtype slab by slab; the result carries the 
 When the voxel transform only scales and shifts each axis (no rotation: what ``Orientationd`` then ``Spacingd``
 gives), a slab is interpolated one axis at a time (linear or nearest in 1D, which composes to exactly the trilinear
 or nearest-neighbour rule of ``grid_sample``, with its border/zeros padding) without a coordinate grid: on a
-410×307×300 CT crop 0.5 s instead of 2.9 s for ``grid_sample``. Whatever it cannot reproduce (spline orders,
-``reflection`` padding, ``align_corners=True``, lazy or pending transforms, MONAI's compiled resampler) goes to
-MONAI's own call unchanged.
+410×307×300 int16 crop resampled to 1 mm, 0.25–0.3 s instead of MONAI's 0.85 s (second calls, same process).
+Whatever it cannot reproduce (spline orders, ``reflection`` padding, ``align_corners=True``, lazy or pending
+transforms, MONAI's compiled resampler) goes to MONAI's own call unchanged.
 """
 
 from __future__ import annotations
