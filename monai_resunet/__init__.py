@@ -4,7 +4,7 @@ Importing the package makes its public names visible to MONAI's config parser (i
 starts with ``monai``), so bundle configs can say ``"_target_": "ResUNet"`` after ``"$import monai_resunet"``.
 """
 
-from monai_resunet import data, engines, inference, networks, transforms
+from monai_resunet import data, engines, inference, losses, networks, transforms
 from monai_resunet.bundle_root import default_bundle_root
 from monai_resunet.model_properties import read_model_properties, write_model_properties
 from monai_resunet.networks import ResUNet
@@ -17,6 +17,7 @@ __all__ = [
     "default_bundle_root",
     "engines",
     "inference",
+    "losses",
     "networks",
     "read_model_properties",
     "transforms",

@@ -18,7 +18,8 @@ Networks (``out_channels`` = 7 everywhere; ``--networks`` picks, ``--list`` prin
 
 * ``resunet3d-bundle``: ``network_def`` of ``bundles/resunet3d_segmentation/configs/train.json``, instantiated
   with ``monai.bundle.ConfigParser`` from the config itself, so the benchmark always measures the bundle's real
-  default (features 16…256, encoder blocks 1,2,2,2,2, instance norm, leaky ReLU, strided down-sampling);
+  default (features 16…128 behind a stride-2 stem, encoder blocks 1,2,2,2, instance norm, leaky ReLU, strided
+  down-sampling, logits interpolated to full resolution);
 * ``monai-unet-spleen``: ``UNet`` as in MONAI's spleen bundle: channels 16…256, strides 2,2,2,2,
   ``num_res_units=2``, batch norm;
 * ``monai-unet-ref``: ``UNet`` channels 16…128, strides 2,2,2, ``num_res_units=2``, MONAI's default (instance)
@@ -216,7 +217,7 @@ def bundle_recipe(config: Path, dataset_dir: str, overrides: dict[str, Any] | No
         "weight_decay": float(parser.get("optimizer#weight_decay", 0.0)),
         "seed": int(parser.get_parsed_content("seed")),
         "sw_batch_size": int(parser.get_parsed_content("validate#inferer#sw_batch_size")),
-        "loss": parser.get_parsed_content("losses#dice_ce"),
+        "loss": parser.get_parsed_content("loss"),
         "channels_last": bool(parser.get("channels_last", False)),
         "cpu_bf16": bool(parser.get_parsed_content("cpu_bf16")) if "cpu_bf16" in parser else False,
     }
@@ -521,7 +522,7 @@ def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
         "inference_s": round(ev["inference_s"], 3),
         "peak_rss_mib": round(maxrss_mib(), 1),
         "rss_rise_mib": round(maxrss_mib() - baseline_rss, 1),
-        "recipe": {k: v for k, v in recipe.items() if k != "loss"} | {"loss": type(recipe["loss"]).__name__},
+        "recipe": {k: v for k, v in recipe.items() if k != "loss"} | {"loss": _loss_name(recipe["loss"])},
         "patch_size": list(patch),
         "prediction": str(pred_dir / f"{name}.nii.gz"),
         "curve": curve,
@@ -531,6 +532,12 @@ def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ reports
+
+
+def _loss_name(loss: Any) -> str:
+    """``StackedDeepSupervisionLoss(DiceCELoss)`` for a wrapped loss, the class name otherwise."""
+    inner = getattr(loss, "loss", None)
+    return f"{type(loss).__name__}({type(inner).__name__})" if inner is not None else type(loss).__name__
 
 
 def machine_info() -> dict[str, Any]:

@@ -42,3 +42,29 @@ def test_patches_keep_image_and_label_aligned():
     for patch in chain({"image": image, "label": label}):
         assert tuple(patch["image"].shape) == (1, 16, 16, 16)
         np.testing.assert_array_equal(np.asarray(patch["image"]) > 10.0, np.asarray(patch["label"]) > 0.5)
+
+
+def test_class_indices_are_cached_and_centres_balanced():
+    """The class indices are computed before the first random transform (so ``CacheDataset`` stores them), never
+    reach the patches, and every class — a 2-voxel one included — gets patch centres, whatever the intensity
+    (a z-scored MR structure darker than the mean is below 0)."""
+    from monai.data import CacheDataset
+    from monai.transforms import ClassesToIndicesd
+
+    label = torch.zeros(1, 32, 32, 32)
+    label[0, 2:4, 5, 5] = 2  # a 2-voxel class
+    label[0, 16:30, 16:30, 16:30] = 1
+    image = -torch.ones_like(label)
+    chain = Compose(segmentation_augmentation(patch_size=(1, 1, 1), num_classes=3, num_samples=60,
+                                              flip=False, affine_prob=0.0, intensity_prob=0.0))  # fmt: skip
+    assert isinstance(chain.transforms[0], ClassesToIndicesd)
+    dataset = CacheDataset([{"image": image, "label": label}], chain, progress=False)
+    cached = dataset._cache[0]
+    # background capped at 10,000 evenly spaced candidates, the others whole
+    assert [len(i) for i in cached["label_cls_indices"]] == [10_000, 14**3, 2]
+    chain.set_random_state(seed=0)
+    patches = dataset[0]
+    assert all("label_cls_indices" not in p for p in patches)
+    centres = torch.stack([p["label"].flatten() for p in patches]).flatten()
+    counts = torch.bincount(centres.long(), minlength=3)
+    assert counts.min() >= 8, counts  # each class ≈ 20 of 60 (1-voxel patches: the patch is the centre)

@@ -228,3 +228,34 @@ def test_cli_tracking_mlflow_logs_scalar_per_class_metrics(bundle3d, msd_dataset
     assert runs
     keys = set(runs[0].data.metrics)
     assert {"train_loss", "val_mean_dice", "val_class_dice/dim_sphere", "val_class_dice/bright_sphere"} <= keys
+
+
+@pytest.mark.parametrize("name", [NAME, "resunet2d_segmentation"])
+@pytest.mark.parametrize("device,loader,workers", [("cpu", "ThreadDataLoader", 0), ("cuda", "DataLoader", 2)])
+def test_training_loader_follows_the_device(msd_dataset, name, device, loader, workers):
+    """On a CPU the network's threads use every core, so augmentation runs in one background thread
+    (``ThreadDataLoader``); with a GPU doing the compute, ``num_workers`` processes prepare the batches."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / name / "configs" / "train.json"))
+    parser["dataset_dir"] = str(msd_dataset)
+    parser["device"] = f"$torch.device('{device}')"
+    parser["cache_rate"] = 0.0
+    parsed = parser.get_parsed_content("train#dataloader")
+    assert (type(parsed).__name__, parsed.num_workers, parsed.persistent_workers) == (loader, workers, workers > 0)
+
+
+def test_bundle_trains_with_deep_supervision(bundle3d, msd_dataset):
+    """``network_def#deep_supervision`` on: the config's ``StackedDeepSupervisionLoss`` takes the stacked output."""
+    overrides = {**FAST_3D, "dataset_dir": str(msd_dataset), "epochs": 1, "network_def#deep_supervision": True}
+    train = workflow(bundle3d, ["train.json"], "train", **overrides)
+    train.initialize()
+    network = train.parser.get_parsed_content("network")
+    assert len(network.deep_heads) == 1
+    heads = [p.clone() for p in network.deep_heads.parameters()]
+    train.run()
+    # the head's weights moved: its output reached the loss (eval-mode validation sees the main output only)
+    assert any(not torch.equal(a, b) for a, b in zip(heads, network.deep_heads.parameters()))
+    assert train.parser.get_parsed_content("validate#evaluator").state.metrics["val_mean_dice"] >= 0.0
+    train.finalize()

@@ -14,7 +14,6 @@ from monai.transforms import (
     LoadImaged,
     Orientationd,
     RandAffined,
-    RandCropByLabelClassesd,
     RandFlipd,
     RandRotate90d,
     RandScaleIntensityd,
@@ -27,6 +26,7 @@ from monai.utils import ensure_tuple
 from monai_resunet.data.nifti_reader import FastNibabelReader
 from monai_resunet.data.sitk_reader import SimpleITKReader
 from monai_resunet.transforms.intensity import NormalizeByModalityd, foreground_select_fn
+from monai_resunet.transforms.sampling import class_balanced_crop
 from monai_resunet.transforms.slab_spacing import SlabSpacingd
 from monai_resunet.transforms.slices import AddNeighbourSlicesd, slice_sampling
 
@@ -126,7 +126,9 @@ def segmentation_augmentation(
     """Class-balanced patch sampling and augmentation for training.
 
     ``RandCropByLabelClassesd`` centres patches on every class (background included) with equal probability,
-    which keeps small structures in view as nnU-Net's foreground oversampling does; then random flips on every
+    which keeps small structures in view as nnU-Net's foreground oversampling does; the class voxels are found
+    once per volume, ahead of the cache, and any voxel of a class can be a centre (``class_balanced_crop``);
+    then random flips on every
     axis, a random rotation (±15° about each axis) and scaling (±10 %) of 30 % of the patches, and intensity
     scale/shift.
 
@@ -165,16 +167,9 @@ def segmentation_augmentation(
     modes = ["bilinear" if k == image_key else "nearest" for k in keys]
     spatial_dims = len(patch_size)
     if slice_axis is not None:
-        chain: list[Transform] = slice_sampling(
-            keys, image_key, label_key, patch_size, slice_axis, num_classes, num_samples
-        )
+        chain: list[Transform] = slice_sampling(keys, label_key, patch_size, slice_axis, num_classes, num_samples)
     else:
-        chain = [
-            RandCropByLabelClassesd(
-                keys, label_key=label_key, spatial_size=patch_size, num_classes=num_classes,
-                num_samples=num_samples, image_key=image_key, warn=False,
-            )
-        ]  # fmt: skip
+        chain = class_balanced_crop(keys, label_key, patch_size, num_classes, num_samples)
     if flip:
         # volume axes → patch axes: a 2D patch keeps the two axes other than slice_axis, in order
         in_plane = [a for a in range(3) if a != slice_axis] if slice_axis is not None else list(range(spatial_dims))

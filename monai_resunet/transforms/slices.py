@@ -7,7 +7,9 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform, RandCropByLabelClassesd, SqueezeDimd, Transform
+from monai.transforms import MapTransform, SqueezeDimd, Transform
+
+from monai_resunet.transforms.sampling import class_balanced_crop
 
 __all__ = ["AddNeighbourSlicesd", "slice_sampling"]
 
@@ -63,7 +65,6 @@ class AddNeighbourSlicesd(MapTransform):
 
 def slice_sampling(
     keys: Sequence[str] = ("image", "label"),
-    image_key: str = "image",
     label_key: str = "label",
     patch_size: Sequence[int] = (256, 256),
     slice_axis: int = 2,
@@ -82,9 +83,6 @@ def slice_sampling(
     size = list(patch_size)
     size.insert(slice_axis, 1)
     return [
-        RandCropByLabelClassesd(
-            list(keys), label_key=label_key, spatial_size=size, num_classes=num_classes,
-            num_samples=num_samples, image_key=image_key, warn=False,
-        ),
+        *class_balanced_crop(keys, label_key, size, num_classes, num_samples),
         SqueezeDimd(list(keys), dim=slice_axis + 1),
-    ]  # fmt: skip
+    ]

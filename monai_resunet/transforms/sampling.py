@@ -1,0 +1,64 @@
+"""Class-balanced patch sampling whose per-volume work is done once, before the cache."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai.transforms import ClassesToIndicesd, RandCropByLabelClassesd, Transform
+
+__all__ = ["DEFAULT_MAX_CENTRES_PER_CLASS", "class_balanced_crop"]
+
+# nnU-Net keeps 10,000 candidate centres per class and case ("class_locations"): far more than the patches a
+# class gets per epoch, at 8 bytes each instead of 8 bytes per voxel
+DEFAULT_MAX_CENTRES_PER_CLASS = 10_000
+
+
+def class_balanced_crop(
+    keys: Sequence[str],
+    label_key: str,
+    spatial_size: Sequence[int],
+    num_classes: int,
+    num_samples: int,
+    max_centres_per_class: int | None = DEFAULT_MAX_CENTRES_PER_CLASS,
+    image_key: str | None = None,
+    image_threshold: float = 0.0,
+) -> list[Transform]:
+    """``RandCropByLabelClassesd`` (every class, background included, equally likely as a patch centre) preceded by
+    ``ClassesToIndicesd``, which finds each class's voxels once per volume.
+
+    Without the indices, ``RandCropByLabelClassesd`` scans the whole label for every class on every call
+    (261 ms per patch on a 256×256×200 label with 3 classes, 2 CPU cores; 42 ms with them). With them first and
+    deterministic, ``CacheDataset`` (which caches up to the first random transform) stores them with the volume,
+    so an iteration only draws centres. ``max_centres_per_class`` keeps that many evenly spaced (raster order)
+    candidates of each class (``None``: all voxels).
+
+    Centres are *not* restricted to an intensity range unless ``image_key`` is given: MONAI's examples restrict
+    them to ``image > 0``, which after an MR z-score leaves out every voxel darker than the mean — on Colin27,
+    78–81 % of the caudate, hippocampus and amygdala voxels could never be a patch centre.
+
+    Args:
+        keys: keys to crop (image and label).
+        label_key: the label map (one channel, values ``0 … num_classes - 1``).
+        spatial_size: patch size (a 1 on the slice axis for 2D slices).
+        num_classes: classes in the label, background included.
+        num_samples: patches per volume per call.
+        max_centres_per_class: candidate centres kept per class and volume.
+        image_key: restrict centres to ``image > image_threshold`` of this image (``None``: no restriction).
+        image_threshold: see ``image_key``.
+
+    Example::
+
+        sample = Compose(class_balanced_crop(["image", "label"], "label", (64, 64, 64), num_classes=3, num_samples=2))
+    """
+    indices_key = f"{label_key}_cls_indices"
+    return [
+        ClassesToIndicesd(
+            label_key, indices_postfix="_cls_indices", num_classes=num_classes, image_key=image_key,
+            image_threshold=image_threshold, max_samples_per_class=max_centres_per_class,
+        ),
+        # the crop pops indices_key, so the indices never reach a batch
+        RandCropByLabelClassesd(
+            list(keys), label_key=label_key, spatial_size=list(spatial_size), num_classes=num_classes,
+            num_samples=num_samples, indices_key=indices_key, warn=False,
+        ),
+    ]  # fmt: skip
