@@ -126,3 +126,15 @@ def test_simpleitk_reader_geometry_channels_and_errors(tmp_path):
     with pytest.raises(ValueError, match="broken.nrrd: SimpleITK cannot read"):
         reader.read(tmp_path / "broken.nrrd")
     assert reader.verify_suffix(["a.NRRD", "b.mhd"]) and not reader.verify_suffix("a.nii.gz")
+
+
+def test_importing_the_package_leaves_simpleitk_unloaded():
+    """SimpleITK (~90 MiB resident) is imported by the first NRRD/MHA read or write, not by ``import
+    monai_resunet``: a NIfTI-only inference process does not carry it."""
+    import subprocess
+    import sys
+
+    code = "import sys, monai_resunet; print('SimpleITK' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False"

@@ -13,14 +13,15 @@ gzip, and it hands anything it does not handle (GPU loading, re-oriented images)
 from __future__ import annotations
 
 import numpy as np
-import torch
 from monai.data import NibabelReader
 from monai.utils import optional_import
 from nibabel.arrayproxy import ArrayProxy
 
+from monai_resunet.data.array_layout import c_contiguous
+
 igzip, has_isal = optional_import("isal.igzip")
 
-__all__ = ["FastNibabelReader", "c_contiguous", "has_isal"]
+__all__ = ["FastNibabelReader", "has_isal"]
 
 
 class FastNibabelReader(NibabelReader):
@@ -51,14 +52,3 @@ class FastNibabelReader(NibabelReader):
                 stream_img = type(img).from_file_map(type(img).make_file_map({"image": stream, "header": stream}))
                 return np.asanyarray(stream_img.dataobj)
         return np.asanyarray(proxy)
-
-
-def c_contiguous(array: np.ndarray) -> np.ndarray:
-    """``array`` C-contiguous (itself if it is), copied by torch's multi-threaded ``contiguous()`` where torch can
-    hold it (numpy's single-threaded ``ascontiguousarray`` otherwise)."""
-    if array.flags.c_contiguous or not array.dtype.isnative:
-        return np.ascontiguousarray(array)  # torch has no big-endian dtypes: numpy's copy, as MONAI would make
-    try:
-        return torch.from_numpy(array).contiguous().numpy()
-    except (TypeError, ValueError):  # a dtype torch lacks (structured, strings), negative strides (flipped views)
-        return np.ascontiguousarray(array)
