@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from monai.losses import DeepSupervisionLoss
-from torch.nn.modules.loss import _Loss
 
 __all__ = ["StackedDeepSupervisionLoss"]
 
@@ -29,9 +28,6 @@ class StackedDeepSupervisionLoss(DeepSupervisionLoss):
         net = ResUNet(3, 1, 3, features=(8, 16, 32, 64), deep_supervision=True, deep_supr_num=2).train()
         value = loss(net(image), label)  # 1 × main + 0.5 × first head + 0.25 × second head
     """
-
-    def __init__(self, loss: _Loss, weight_mode: str = "exp", weights: list[float] | None = None) -> None:
-        super().__init__(loss, weight_mode=weight_mode, weights=weights)
 
     def forward(self, input: None | torch.Tensor | list[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         if isinstance(input, torch.Tensor) and input.dim() == target.dim() + 1:

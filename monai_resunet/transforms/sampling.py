@@ -11,6 +11,7 @@ __all__ = ["DEFAULT_MAX_CENTRES_PER_CLASS", "class_balanced_crop"]
 # nnU-Net keeps 10,000 candidate centres per class and case ("class_locations"): far more than the patches a
 # class gets per epoch, at 8 bytes each instead of 8 bytes per voxel
 DEFAULT_MAX_CENTRES_PER_CLASS = 10_000
+INDICES_POSTFIX = "_cls_indices"  # ClassesToIndicesd's output key is label_key + this; the crop reads it there
 
 
 def class_balanced_crop(
@@ -50,15 +51,14 @@ def class_balanced_crop(
 
         sample = Compose(class_balanced_crop(["image", "label"], "label", (64, 64, 64), num_classes=3, num_samples=2))
     """
-    indices_key = f"{label_key}_cls_indices"
     return [
         ClassesToIndicesd(
-            label_key, indices_postfix="_cls_indices", num_classes=num_classes, image_key=image_key,
+            label_key, indices_postfix=INDICES_POSTFIX, num_classes=num_classes, image_key=image_key,
             image_threshold=image_threshold, max_samples_per_class=max_centres_per_class,
         ),
         # the crop pops indices_key, so the indices never reach a batch
         RandCropByLabelClassesd(
             list(keys), label_key=label_key, spatial_size=list(spatial_size), num_classes=num_classes,
-            num_samples=num_samples, indices_key=indices_key, warn=False,
+            num_samples=num_samples, indices_key=label_key + INDICES_POSTFIX, warn=False,
         ),
     ]  # fmt: skip
