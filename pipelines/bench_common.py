@@ -11,12 +11,24 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-__all__ = ["machine_info", "maxrss_mib", "loadavg", "machine_line"]
+__all__ = ["machine_info", "maxrss_mib", "loadavg", "machine_line", "optional_packages_imported"]
+
+# Packages MONAI imports at ``import monai`` whenever they are installed (its ``optional_import`` is eager; measured
+# with MONAI 1.6: mlflow via monai.handlers, pandas via monai.utils.profiling, scikit-learn via
+# monai.metrics.embedding_collapse, scipy and pyarrow with them): none is a dependency of monai_resunet (the
+# ``mlflow`` extra brings them all), together they are about 200 MiB of resident set, so a process's floor depends
+# on what else the environment has installed
+OPTIONAL_HEAVY_PACKAGES: tuple[str, ...] = ("mlflow", "pandas", "sklearn", "scipy", "pyarrow")
 
 
 def loadavg() -> str:
     """The 1/5/15-minute load average ("?" where the OS has none): other jobs on the machine slow every timing."""
     return " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
+
+
+def optional_packages_imported() -> list[str]:
+    """Which of ``OPTIONAL_HEAVY_PACKAGES`` this process has imported (so a report can say what its RSS floor holds)."""
+    return [name for name in OPTIONAL_HEAVY_PACKAGES if name in sys.modules]
 
 
 def maxrss_mib() -> float:

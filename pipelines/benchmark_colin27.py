@@ -19,7 +19,7 @@ Networks (``out_channels`` = 7 everywhere; ``--networks`` picks, ``--list`` prin
 * ``resunet3d-bundle``: ``network_def`` of ``bundles/resunet3d_segmentation/configs/train.json``, instantiated
   with ``monai.bundle.ConfigParser`` from the config itself, so the benchmark always measures the bundle's real
   default (features 16…128 behind a stride-2 stem, encoder blocks 1,2,2,2, instance norm, leaky ReLU, strided
-  down-sampling, logits interpolated to full resolution);
+  down-sampling, stride-2 transposed-conv (kernel 2) up-sampling, logits interpolated to full resolution);
 * ``monai-unet-spleen``: ``UNet`` as in MONAI's spleen bundle: channels 16…256, strides 2,2,2,2,
   ``num_res_units=2``, batch norm;
 * ``monai-unet-ref``: ``UNet`` channels 16…128, strides 2,2,2, ``num_res_units=2``, MONAI's default (instance)
@@ -280,12 +280,29 @@ def patch_and_preprocessing(is_2d: bool, settings: Settings) -> tuple[tuple[int,
 MIRRORINGS = {"none": (), "x": (0,), "x, y, z": (0, 1, 2)}  # window axes; the 2D network's window is (x, y)
 
 
-def mirroring_report(settings: Settings, out: Path) -> str:
-    """The saved final weights of a run (``out/predictions/<network>.pt``) scored on the held-out image without
-    and with test-time mirroring (``monai_resunet.inference.MirrorInferer``), every network alike; Markdown."""
+def _saved_networks(settings: Settings, out: Path):
+    """``(name, network, held_out)`` for every network of ``settings.networks`` whose final weights a run saved in
+    ``out/predictions`` (eval mode, on the held-out image's pipeline); ``(name, None, path)`` where none were saved."""
     import torch
 
     torch.set_num_threads(settings.threads)
+    for name in settings.networks:
+        weights = out / "predictions" / f"{name}.pt"
+        if not weights.is_file():
+            yield name, None, weights
+            continue
+        is_2d = name == "resunet2d-bundle"
+        recipe = bundle_recipe(BUNDLE_CONFIGS.get(name, BUNDLE3D), settings.dataset_dir, settings.overrides)
+        patch, pre_kwargs = patch_and_preprocessing(is_2d, settings)
+        held_out = HeldOut(settings, is_2d, patch, pre_kwargs, recipe["sw_batch_size"])
+        network = build_network(name, settings.dataset_dir, settings.overrides if name in BUNDLE_CONFIGS else {})
+        network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        yield name, network.eval(), held_out
+
+
+def mirroring_report(settings: Settings, out: Path) -> str:
+    """The saved final weights of a run (``out/predictions/<network>.pt``) scored on the held-out image without
+    and with test-time mirroring (``monai_resunet.inference.MirrorInferer``), every network alike; Markdown."""
     lines = [
         "# Colin27: test-time mirroring on the saved final weights",
         "",
@@ -297,25 +314,72 @@ def mirroring_report(settings: Settings, out: Path) -> str:
         "| network | " + " | ".join(f"mirroring {m}: Dice | s" for m in MIRRORINGS) + " |",
         "| --- |" + " ---: | ---: |" * len(MIRRORINGS),
     ]
-    for name in settings.networks:
-        weights = out / "predictions" / f"{name}.pt"
-        if not weights.is_file():
-            lines.append(f"| {name} | no saved weights: {weights} |")
+    for name, network, held_out in _saved_networks(settings, out):
+        if network is None:
+            lines.append(f"| {name} | no saved weights: {held_out} |")
             continue
-        is_2d = name == "resunet2d-bundle"
-        recipe = bundle_recipe(BUNDLE_CONFIGS.get(name, BUNDLE3D), settings.dataset_dir, settings.overrides)
-        patch, pre_kwargs = patch_and_preprocessing(is_2d, settings)
-        held_out = HeldOut(settings, is_2d, patch, pre_kwargs, recipe["sw_batch_size"])
-        network = build_network(name, settings.dataset_dir, settings.overrides if name in BUNDLE_CONFIGS else {})
-        network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        network.eval()
         cells = []
         for axes in MIRRORINGS.values():
-            ev = held_out.evaluate(network, final=False, mirror_axes=axes[:2] if is_2d else axes)
+            ev = held_out.evaluate(network, final=False, mirror_axes=axes[:2] if held_out.is_2d else axes)
             per = ", ".join(f"{v:.3f}" for v in ev["dice"].values())
             cells += [f"{ev['mean_dice']:.4f} ({per})", f"{ev['inference_s']:.1f}"]
             print(f"  {name} mirroring {axes}: mean Dice {ev['mean_dice']:.4f}", file=sys.stderr, flush=True)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def two_voxel_periodicity(p: Any) -> list[tuple[float, float]]:
+    """Per axis of the array ``p``: (mean |p[x+1] - p[x]| over pairs inside an aligned 2-voxel block (x even) /
+    the same over pairs across blocks (x odd), the share of the variation along the axis at the Nyquist frequency).
+
+    A checkerboard pattern of a stride-2 up-sampling shows as a ratio far from 1 and a larger Nyquist share; a
+    smooth map has a ratio near 1, a map up-sampled ×2 by interpolation somewhat below 1 (neighbours in a block
+    come from one coarse voxel), a map repeated ×2 (nearest) 0.
+    """
+    import numpy as np
+
+    p = np.asarray(p, dtype=np.float64)
+    result = []
+    for axis in range(p.ndim):
+        step = np.abs(np.diff(p, axis=axis))
+        inside = np.take(step, range(0, step.shape[axis], 2), axis=axis).mean()
+        across = np.take(step, range(1, step.shape[axis], 2), axis=axis).mean()
+        power = np.abs(np.fft.rfft(p - p.mean(axis=axis, keepdims=True), axis=axis)) ** 2
+        nyquist = np.take(power, [power.shape[axis] - 1], axis=axis).sum() / max(power.sum(), 1e-30)
+        result.append((float(inside / across) if across > 0 else float("nan"), float(nyquist)))
+    return result
+
+
+def checkerboard_report(settings: Settings, out: Path) -> str:
+    """Whether the saved final weights of a run produce a 2-voxel periodic pattern on the held-out image: the
+    foreground probability (1 - softmax background) on the network's grid, per axis (:func:`two_voxel_periodicity`);
+    Markdown. It answers "does this up-sampling leave checkerboard artefacts in real predictions?"."""
+    import torch
+
+    lines = [
+        "# Colin27: checkerboard check on the saved final weights",
+        "",
+        f"Weights: `{out / 'predictions'}`. Map: foreground probability (1 - softmax background) of the held-out "
+        "image on the network's grid (sliding window as in the benchmark; the windows start on even voxels, so "
+        "2-voxel blocks line up across windows). Per axis x, y, z: mean |step| inside aligned 2-voxel blocks / "
+        "across blocks (1 = no block structure; ×2 linear up-sampling alone gives somewhat less), and the share "
+        "of the variation at the Nyquist frequency (%).",
+        "",
+        "| network | inside / across x, y, z | Nyquist share % x, y, z |",
+        "| --- | --- | --- |",
+    ]
+    for name, network, held_out in _saved_networks(settings, out):
+        if network is None:
+            lines.append(f"| {name} | no saved weights: {held_out} | |")
+            continue
+        with torch.inference_mode():
+            logits = held_out.inferer(held_out.test["image"][None], network)
+        foreground = 1.0 - torch.softmax(logits[0].float(), dim=0)[0]
+        axes = two_voxel_periodicity(foreground.numpy())
+        ratios = ", ".join(f"{r:.3f}" for r, _ in axes)
+        shares = ", ".join(f"{100 * n:.3f}" for _, n in axes)
+        print(f"  {name}: inside/across {ratios}; Nyquist % {shares}", file=sys.stderr, flush=True)
+        lines.append(f"| {name} | {ratios} | {shares} |")
     return "\n".join(lines) + "\n"
 
 
@@ -335,6 +399,7 @@ class HeldOut:
         from monai_resunet.transforms import segmentation_preprocessing
 
         meta = read_dataset_json(settings.dataset_dir)
+        self.is_2d = is_2d
         self.preprocessing = Compose(segmentation_preprocessing(["image"], **pre_kwargs))
         self.test = self.preprocessing({"image": str(Path(settings.dataset_dir) / meta["test"][0])})
         self.label = LoadImage(image_only=True, ensure_channel_first=True)(
@@ -405,6 +470,7 @@ def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
     is_bundle = name in BUNDLE_CONFIGS
     overrides = settings.overrides if is_bundle else {}
     recipe = bundle_recipe(BUNDLE_CONFIGS.get(name, BUNDLE3D), dataset_dir, overrides)  # peers: the 3D recipe
+    recipe["seed"] = settings.seed  # --seed replaces the config's: the row records the seed it ran with
     set_determinism(seed=settings.seed)
 
     # data: the library's chains, the deterministic part cached once
@@ -634,7 +700,7 @@ def markdown(
         f"{'process CPU seconds / threads' if settings.clock == 'cpu' else 'wall'}), one network after another. "
         f"Patch {'×'.join(map(str, settings.patch_size))} (2D: {'×'.join(map(str, settings.patch_size_2d))}), "
         f"pixdim {tuple(settings.pixdim)} mm, the 3D bundle's recipe (AdamW, DiceCE, lr schedule over the time "
-        "budget), held-out Dice every "
+        f"budget), seed {settings.seed}, held-out Dice every "
         f"{settings.eval_every_s:g} s of training."
         + (" **Quick mode: a smoke test, not a measurement.**" if settings.quick else "")
         + (
@@ -928,13 +994,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--report-from",
         default=None,
         metavar="DIR",
-        help="write the reports from the per-network results (.NAME.result.json) kept in DIR, training nothing",
+        help="write the reports from the per-network results (.NAME.result.json) kept in DIR, training nothing "
+        "(the header names --seed: give the seed the rows ran with)",
     )
     parser.add_argument(
         "--mirroring-report",
         action="store_true",
         help="score the final weights a run saved in OUT/predictions with and without test-time mirroring (every "
         "network of --networks alike), write OUT/colin27_mirroring.md; trains nothing",
+    )
+    parser.add_argument(
+        "--checkerboard-report",
+        action="store_true",
+        help="measure 2-voxel periodic patterns (checkerboard artefacts) in the held-out predictions of the final "
+        "weights a run saved in OUT/predictions, write OUT/colin27_checkerboard.md; trains nothing",
     )
     parser.add_argument("--only", default=None, help=argparse.SUPPRESS)  # internal: one network, in this process
     parser.add_argument("--result-json", default=None, help=argparse.SUPPRESS)
@@ -985,6 +1058,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.mirroring_report:  # the saved weights of a run, scored with and without test-time mirroring
         text = mirroring_report(settings, out)
         (out / "colin27_mirroring.md").write_text(text)
+        print(text)
+        return 0
+    if args.checkerboard_report:  # the saved weights of a run: 2-voxel periodic patterns in their predictions
+        text = checkerboard_report(settings, out)
+        (out / "colin27_checkerboard.md").write_text(text)
         print(text)
         return 0
     if args.report_from:  # rows kept from an interrupted run: write the reports only

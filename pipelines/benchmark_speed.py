@@ -17,7 +17,7 @@ instead of waking the kernel's OOM killer on a shared machine.
 Sections (``--sections``, default all):
 
 The network everywhere is the 3D bundle's as its config builds it: ``network_def`` (ResUNet, ``stem_stride`` 2,
-``up_kernel_size`` 1) through ``monai_resunet.networks.configure_execution`` with the config's ``channels_last``
+``upsample`` deconv) through ``monai_resunet.networks.configure_execution`` with the config's ``channels_last``
 and ``cpu_bf16`` flags (``cpu_bf16`` = ``cpu_has_bf16()``: bfloat16 autocast on CPUs with bf16 units).
 
 * ``inference``: the bundle's inference on a synthetic int16 CT NIfTI (``--shape``, 0.7×0.7×1.0 mm, written
@@ -76,7 +76,7 @@ if str(REPO / "pipelines") not in sys.path:
     sys.path.insert(0, str(REPO / "pipelines"))
 
 import torch  # noqa: E402
-from bench_common import loadavg, machine_info, maxrss_mib  # noqa: E402
+from bench_common import loadavg, machine_info, maxrss_mib, optional_packages_imported  # noqa: E402
 
 BUNDLE = REPO / "bundles" / "resunet3d_segmentation"
 DEFAULT_OUT = REPO / "pipelines" / "results"
@@ -228,7 +228,12 @@ def network_description(overrides: dict | None = None) -> str:
         f"{net.get('downsample', '?')} down-sampling",
         f"stem_stride {stem}" + (" (the top level runs at half resolution)" if stem == 2 else ""),
         *([f"full_res {net.get('full_res', 'block')}"] if stem == 2 else []),
-        f"up_kernel_size {net.get('up_kernel_size', 2)}",
+        f"{net.get('upsample', 'nontrainable')} up-sampling"
+        + (
+            f", up_kernel_size {net.get('up_kernel_size', 2)}"
+            if net.get("upsample", "nontrainable") == "nontrainable"
+            else ""
+        ),
     ]
     flags = bundle_execution_flags()
     raw_bf16 = parser.get("cpu_bf16")
@@ -427,7 +432,11 @@ def child_inference(p: dict) -> dict:
     if pipeline not in PIPELINES:
         raise ValueError(f"unknown pipeline {pipeline!r}")
     torch.set_num_threads(p["threads"])
-    result: dict[str, Any] = {"baseline_mib": maxrss_mib(), "load_start": loadavg()}
+    result: dict[str, Any] = {
+        "baseline_mib": maxrss_mib(),
+        "baseline_packages": optional_packages_imported(),
+        "load_start": loadavg(),
+    }
     clock = Clock()
     chain = preprocessing_chain(p.get("preprocessing", "library"))
     data = run_preprocessing(chain, p["image"], clock)
@@ -1072,9 +1081,18 @@ class Benchmark:
             )
         lines += table(header, rows)
         base = next((r["baseline_mib"] for r in results.values() if "baseline_mib" in r), None)
+        packages = next((r["baseline_packages"] for r in results.values() if "baseline_packages" in r), None)
+        held = ""
+        if packages:
+            held = (
+                f" (includes {', '.join(packages)}: not monai_resunet's dependencies; `import monai` loads them "
+                "because this environment has them installed)"
+            )
+        elif packages is not None:
+            held = " (none of MONAI's heavy optional packages is installed here)"
         lines.append(
             f"Input {shape_str(shape)} voxels: float32 size {input_mib:,.0f} MiB (int16 on disk, .nii.gz). "
-            f"RSS after the imports: {fmt(base)} MiB. Load average at the start → end of each process: "
+            f"RSS after the imports: {fmt(base)} MiB{held}. Load average at the start → end of each process: "
             + "; ".join(f"{k} {r.get('load_start', '?')} → {r.get('load_end', '?')}" for k, r in results.items())
             + "."
         )

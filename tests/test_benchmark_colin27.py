@@ -226,6 +226,22 @@ def test_lr_schedule_and_reports(tmp_path):
     assert (tmp_path / "colin27_benchmark.png").stat().st_size > 10_000
 
 
+def test_two_voxel_periodicity_tells_checkerboards_from_smooth_maps():
+    x, y = np.meshgrid(np.linspace(0, 3, 40), np.linspace(0, 2, 36), indexing="ij")
+    smooth = np.sin(x) * np.cos(y)
+    (ratio_x, nyq_x), (ratio_y, _) = bench.two_voxel_periodicity(smooth)
+    assert 0.9 < ratio_x < 1.1 and 0.9 < ratio_y < 1.1 and nyq_x < 1e-3
+    # nearest ×2 along x only: no step inside a block along x, the y axis untouched
+    (ratio_x, _), (ratio_y, _) = bench.two_voxel_periodicity(np.repeat(smooth[::2], 2, axis=0))
+    assert ratio_x == 0.0 and 0.9 < ratio_y < 1.1
+    # a checkerboard on top: steps inside and across blocks differ, and the Nyquist share jumps
+    board = smooth + 0.05 * np.repeat(np.tile([[1.0], [-1.0]], (10, 36)), 2, axis=0)[: smooth.shape[0]]
+    (ratio_x, nyq_x), _ = bench.two_voxel_periodicity(board)
+    assert not 0.8 < ratio_x < 1.25
+    alternating = smooth + 0.05 * (-1.0) ** np.arange(40)[:, None]
+    assert bench.two_voxel_periodicity(alternating)[0][1] > 100 * bench.two_voxel_periodicity(smooth)[0][1]
+
+
 def test_overrides_reach_the_bundle_rows_and_the_report(tmp_path):
     args = bench.parse_args(
         ["--override", 'network_def#full_res="conv"', "--override", "learning_rate=2e-3", "--out", str(tmp_path)]
@@ -330,4 +346,10 @@ def test_colin27_quick_benchmark(colin27_dataset, tmp_path):
         dice = [float(c.split("(")[0]) for c in cells[1::2]]
         assert len(dice) == len(bench.MIRRORINGS) and all(0.0 <= d <= 1.0 for d in dice)
         assert abs(dice[0] - float(row["mean_dice"])) < 1e-3
+    assert bench.main([*quick, "--checkerboard-report"]) == 0
+    report = (out / "colin27_checkerboard.md").read_text().splitlines()
+    for row in table:
+        cells = next(line for line in report if line.startswith(f"| {row['network']} |")).strip("|").split("|")
+        ratios, shares = ([float(v) for v in c.split(",")] for c in cells[1:3])
+        assert len(ratios) == len(shares) == 3 and all(r >= 0 for r in ratios) and all(0 <= v <= 100 for v in shares)
     print(f"quick benchmark: {elapsed:.0f} s")  # ~30 s on 2 shared cores; designed to stay under a minute

@@ -32,6 +32,12 @@ def test_quick_run_writes_report(tmp_path):
         assert stages[0] == "load" and "network" in stages and "stitching" in stages and stages[-1] == "write (NIfTI)"
         assert result["windows"] > 0 and result["network_gflops_per_s"] > 0 and result["conv_gflops_per_s"] > 0
     assert len({result["windows"] for result in inference.values()}) == 1  # no window runs twice
+    # the report names the optional packages that `import monai` loaded because they are installed (its RSS floor):
+    # every one of them that this environment has, which is what makes the floor depend on the environment
+    from bench_common import OPTIONAL_HEAVY_PACKAGES  # on sys.path once the script is loaded
+
+    installed = [name for name in OPTIONAL_HEAVY_PACKAGES if importlib.util.find_spec(name) is not None]
+    assert inference["bundle"]["baseline_packages"] == installed
     assert "softmax" in [s["stage"] for s in inference["scores"]["stages"]]  # the class-score path it replaced
     assert "inversion (InvertLabelMapd)" in [s["stage"] for s in inference["bundle"]["stages"]]
     assert all(not r.get("error") for r in report["memory"].values())
@@ -54,4 +60,6 @@ def test_quick_run_writes_report(tmp_path):
         assert heading in markdown, heading
     assert "`SlabArgmaxInferer` vs the `SlidingWindowInferer` arg-max (random weights): 100.0000% equal" in markdown
     assert "`InvertLabelMapd` vs `Invertd(nearest_interp=True)` on the same labels" in markdown
+    if installed:
+        assert f"MiB (includes {', '.join(installed)}: not monai_resunet's dependencies" in markdown
     assert "| **total** |" in markdown and "peak / float32 input" in markdown and "GFLOP/s" in markdown

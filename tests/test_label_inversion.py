@@ -93,7 +93,7 @@ def test_bundle_infers_labels_slab_by_slab_like_the_score_path(tmp_path, msd_dat
     torch.manual_seed(0)
     weights = ResUNet(3, 1, 3, features=(8, 16, 32), encoder_blocks=1, norm=("instance", {"affine": True}),
                       act=("leakyrelu", {"negative_slope": 0.01, "inplace": True}), downsample="conv",
-                      stem_stride=2, full_res="interpolate", up_kernel_size=1)  # fmt: skip
+                      upsample="deconv", stem_stride=2, full_res="interpolate", up_kernel_size=1)  # fmt: skip
     (bundle / "models").mkdir(exist_ok=True)
     torch.save(weights.state_dict(), bundle / "models" / "model.pt")
     write_model_properties(bundle / "models", class_names=["background", "dim", "bright"], patch_size=[16, 16, 16])

@@ -208,6 +208,37 @@ def test_cheaper_full_resolution_stages(dims, size):
         torch.testing.assert_close(torch.jit.script(interp)(x), interp(x))
 
 
+@pytest.mark.parametrize("dims,size", [(2, (37, 30)), (3, (19, 16, 21))])
+def test_deconv_adds_a_learned_subvoxel_correction_to_the_interpolated_logits(dims, size):
+    torch.manual_seed(0)
+    kwargs = {"features": (8, 16, 32), "stem_stride": 2, "up_kernel_size": 1}
+    deconv = ResUNet(dims, 1, 3, full_res="deconv", **kwargs)
+    interp = ResUNet(dims, 1, 3, full_res="interpolate", **kwargs)
+    head = deconv.subvoxel_head.conv
+    assert head.kernel_size == head.stride == (2,) * dims and head.in_channels == 8 and head.bias is None
+    # it starts at zero: with the same other weights the untrained network predicts what "interpolate" does
+    interp.load_state_dict(
+        {k: v for k, v in deconv.state_dict().items() if "subvoxel" not in k}
+    )  # strict: all else matches
+    x = torch.rand(2, 1, *size)
+    deconv.eval(), interp.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(deconv(x), interp(x))
+    # and it learns: one step moves its weights, and then each voxel of a 2×2(×2) block gets its own correction
+    deconv.train()
+    out = deconv(x)
+    assert out.shape == (2, 3, *size)
+    out[:, :, ::2].sum().backward()  # a gradient on every other row only: the block's other half must not follow
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+    assert head.weight.grad[:, :, 1].abs().sum() == 0  # kernel row 1 only ever writes the odd rows
+    with torch.no_grad():
+        head.weight.normal_()
+        deconv.eval()
+        changed = deconv(x) - interp(x)
+        assert changed.abs().amax() > 0
+        torch.testing.assert_close(torch.jit.script(deconv)(x), deconv(x))
+
+
 def test_stem_arguments_are_checked():
     with pytest.raises(ValueError, match="stem_stride must be 1 or 2"):
         ResUNet(3, 1, 2, features=(8, 16), stem_stride=4)
@@ -216,7 +247,9 @@ def test_stem_arguments_are_checked():
     with pytest.raises(ValueError, match="full_res_features and full_res need stem_stride=2"):
         ResUNet(3, 1, 2, features=(8, 16), full_res="conv")
     with pytest.raises(ValueError, match="full_res must be one of"):
-        ResUNet(3, 1, 2, features=(8, 16), stem_stride=2, full_res="deconv")
+        ResUNet(3, 1, 2, features=(8, 16), stem_stride=2, full_res="pixelshuffle")
+    with pytest.raises(ValueError, match="full_res='deconv' has no full-resolution layer"):
+        ResUNet(3, 1, 2, features=(8, 16), stem_stride=2, full_res="deconv", full_res_features=4)
     with pytest.raises(ValueError, match="no full-resolution layer"):
         ResUNet(3, 1, 2, features=(8, 16), stem_stride=2, full_res="interpolate", full_res_features=4)
 

@@ -13,7 +13,7 @@ from monai_resunet.networks.blocks import ResidualStage, ResUpBlock, _as_tuple, 
 
 __all__ = ["ResUNet", "RESUNET_PRESETS", "FULL_RES_STAGES"]
 
-FULL_RES_STAGES: tuple[str, ...] = ("block", "conv", "interpolate")
+FULL_RES_STAGES: tuple[str, ...] = ("block", "conv", "interpolate", "deconv")
 
 # Named configurations. Counts are trainable parameters for spatial_dims=3 (2D in brackets), in_channels=1,
 # out_channels=2; ``tests/test_resunet.py`` recomputes every one of them, so they cannot go stale silently.
@@ -99,11 +99,15 @@ class ResUNet(nn.Module):
             ``"block"`` (default) the residual stage above; ``"conv"`` a single 3×3 convolution (norm, act) on the
             up-sampled features and the input, half the block's full-resolution work; ``"interpolate"`` no
             full-resolution layer at all: the head runs at half resolution and its logits are up-sampled
-            (tri/bi)linearly, as DeepLab does. Full-resolution layers with few channels run far below the CPU's
-            peak: profiled on 2 CPU cores, the ``"block"`` stage was 45 % of a 2-patch 64³ training step of the
-            5-level bundle network, and ``"interpolate"`` took the step from 0.57 s to 0.38 s
-            (``bundles/resunet3d_segmentation/docs/README.md``). It trades boundary detail finer than two voxels
-            for steps per second.
+            (tri/bi)linearly, as DeepLab does; ``"deconv"`` the same interpolated logits plus a learned sub-voxel
+            correction: a stride-2 transposed convolution (kernel 2, so the windows do not overlap and cannot
+            checkerboard) maps each half-resolution voxel's features to the logits of the ``2 ** spatial_dims``
+            voxels it covers. It starts at zero, so an untrained network predicts what ``"interpolate"`` does, and
+            costs ``features[0] * out_channels`` multiply-adds per output voxel, no full-resolution feature map.
+            Full-resolution layers with few channels run far below the CPU's peak: profiled on 2 CPU cores, the
+            ``"block"`` stage was 45 % of a 2-patch 64³ training step of the 5-level bundle network, and
+            ``"interpolate"`` took the step from 0.57 s to 0.38 s (``bundles/resunet3d_segmentation/docs/README.md``).
+            It trades boundary detail finer than two voxels for steps per second; ``"deconv"`` learns some back.
 
     Example::
 
@@ -186,18 +190,26 @@ class ResUNet(nn.Module):
         top_channels = features[0]
         self.full_res: ResUpBlock | None = None
         # "interpolate": the head's logits are up-sampled instead (the stem's factor, 1 when there is no stem)
-        self.logit_scale = 2 if stem_stride == 2 and full_res == "interpolate" else 1
+        head_at_half_res = full_res in ("interpolate", "deconv")
+        self.logit_scale = 2 if stem_stride == 2 and head_at_half_res else 1
         if stem_stride == 1 and (full_res_features is not None or full_res != "block"):
             raise ValueError("full_res_features and full_res need stem_stride=2.")
-        if full_res == "interpolate" and full_res_features is not None:
-            raise ValueError("full_res='interpolate' has no full-resolution layer for full_res_features.")
-        if stem_stride == 2 and full_res != "interpolate":
+        if head_at_half_res and full_res_features is not None:
+            raise ValueError(f"full_res={full_res!r} has no full-resolution layer for full_res_features.")
+        if stem_stride == 2 and not head_at_half_res:
             top_channels = full_res_features or max(1, features[0] // 2)
             self.full_res = ResUpBlock(
                 spatial_dims, features[0], in_channels, top_channels, 0 if full_res == "conv" else 1,
                 upsample=upsample, up_kernel_size=up_kernel_size, interp_mode=interp_mode, **block_args,
             )  # fmt: skip
         self.head = Convolution(spatial_dims, top_channels, out_channels, kernel_size=1, conv_only=True, bias=True)
+        # "deconv": the learned sub-voxel part of the logits, added to the interpolated ones (no bias: the head has it)
+        self.subvoxel_head: nn.Module | None = None
+        if stem_stride == 2 and full_res == "deconv":
+            self.subvoxel_head = Convolution(
+                spatial_dims, top_channels, out_channels, strides=2, kernel_size=2, padding=0, output_padding=0,
+                conv_only=True, bias=False, is_transposed=True,
+            )  # fmt: skip
         self.deep_supervision = deep_supervision
         self.deep_heads = nn.ModuleList(
             [
@@ -242,6 +254,9 @@ class ResUNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, a=0.01)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
+        if self.subvoxel_head is not None:
+            # zero: training starts from the interpolated logits and only adds the detail the data asks for
+            nn.init.zeros_(self.subvoxel_head.conv.weight)
 
     def _pad_to_divisor(self, x: torch.Tensor) -> torch.Tensor:
         pad: list[int] = []
@@ -270,6 +285,8 @@ class ResUNet(nn.Module):
         if self.logit_scale != 1:
             mode = "trilinear" if self.spatial_dims == 3 else "bilinear"
             out = F.interpolate(out, scale_factor=float(self.logit_scale), mode=mode, align_corners=False)
+        if self.subvoxel_head is not None:
+            out = out + self.subvoxel_head(x)
         if self.training and self.deep_supervision:
             outputs = [self._crop(out, in_shape)]
             for i, head in enumerate(self.deep_heads):  # finest first: decoded[-2] is one level below the top
