@@ -286,6 +286,7 @@ def _saved_networks(settings: Settings, out: Path):
     import torch
 
     torch.set_num_threads(settings.threads)
+    held_outs: dict[tuple[bool, int], HeldOut] = {}  # the image is pre-processed once per pipeline, not per network
     for name in settings.networks:
         weights = out / "predictions" / f"{name}.pt"
         if not weights.is_file():
@@ -293,8 +294,11 @@ def _saved_networks(settings: Settings, out: Path):
             continue
         is_2d = name == "resunet2d-bundle"
         recipe = bundle_recipe(BUNDLE_CONFIGS.get(name, BUNDLE3D), settings.dataset_dir, settings.overrides)
-        patch, pre_kwargs = patch_and_preprocessing(is_2d, settings)
-        held_out = HeldOut(settings, is_2d, patch, pre_kwargs, recipe["sw_batch_size"])
+        key = (is_2d, recipe["sw_batch_size"])
+        if key not in held_outs:
+            patch, pre_kwargs = patch_and_preprocessing(is_2d, settings)
+            held_outs[key] = HeldOut(settings, is_2d, patch, pre_kwargs, recipe["sw_batch_size"])
+        held_out = held_outs[key]
         network = build_network(name, settings.dataset_dir, settings.overrides if name in BUNDLE_CONFIGS else {})
         network.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         yield name, network.eval(), held_out
@@ -372,8 +376,7 @@ def checkerboard_report(settings: Settings, out: Path) -> str:
         if network is None:
             lines.append(f"| {name} | no saved weights: {held_out} | |")
             continue
-        with torch.inference_mode():
-            logits = held_out.inferer(held_out.test["image"][None], network)
+        logits, _ = held_out.logits(network)
         foreground = 1.0 - torch.softmax(logits[0].float(), dim=0)[0]
         axes = two_voxel_periodicity(foreground.numpy())
         ratios = ", ".join(f"{r:.3f}" for r, _ in axes)
@@ -420,12 +423,10 @@ class HeldOut:
                 roi_size=patch, sw_batch_size=sw_batch_size, overlap=0.5, mode="gaussian"
             )
 
-    def evaluate(self, network, final: bool, mirror_axes: Sequence[int] = ()) -> dict[str, Any]:
-        """Scores of ``network`` (in eval mode) on the held-out image; ``mirror_axes``: test-time mirroring."""
-        import numpy as np
+    def logits(self, network, mirror_axes: Sequence[int] = ()) -> tuple[Any, float]:
+        """``network``'s (in eval mode) logits on the pre-processed held-out image, on its grid, and the seconds the
+        inferer took; ``mirror_axes``: test-time mirroring."""
         import torch
-        from monai.metrics import compute_dice, compute_hausdorff_distance
-        from monai.networks.utils import one_hot
 
         from monai_resunet.inference import MirrorInferer
 
@@ -433,7 +434,16 @@ class HeldOut:
         with torch.inference_mode():
             start = time.perf_counter()
             logits = inferer(self.test["image"][None], network)
-            seconds = time.perf_counter() - start
+            return logits, time.perf_counter() - start
+
+    def evaluate(self, network, final: bool, mirror_axes: Sequence[int] = ()) -> dict[str, Any]:
+        """Scores of ``network`` (in eval mode) on the held-out image; ``mirror_axes``: test-time mirroring."""
+        import numpy as np
+        import torch
+        from monai.metrics import compute_dice, compute_hausdorff_distance
+        from monai.networks.utils import one_hot
+
+        logits, seconds = self.logits(network, mirror_axes)
         restored = self.invert({"image": self.test["image"], "pred": torch.softmax(logits[0], dim=0)})["pred"]
         pred = restored.argmax(dim=0, keepdim=True)
         pred_oh = one_hot(pred[None].as_tensor().long(), NUM_CLASSES)

@@ -221,6 +221,7 @@ def network_description(overrides: dict | None = None) -> str:
     blocks = net.get("encoder_blocks")
     norm = net.get("norm")
     stem = int(net.get("stem_stride", 1))
+    upsample = net.get("upsample", "nontrainable")  # ResUNet's default; up_kernel_size only applies to it
     parts = [
         f"{net.get('_target_', '?')} features {features[0]}…{features[-1]}" if features else str(net.get("_target_")),
         "encoder blocks " + ("-".join(map(str, blocks)) if isinstance(blocks, list) else str(blocks)),
@@ -228,12 +229,8 @@ def network_description(overrides: dict | None = None) -> str:
         f"{net.get('downsample', '?')} down-sampling",
         f"stem_stride {stem}" + (" (the top level runs at half resolution)" if stem == 2 else ""),
         *([f"full_res {net.get('full_res', 'block')}"] if stem == 2 else []),
-        f"{net.get('upsample', 'nontrainable')} up-sampling"
-        + (
-            f", up_kernel_size {net.get('up_kernel_size', 2)}"
-            if net.get("upsample", "nontrainable") == "nontrainable"
-            else ""
-        ),
+        f"{upsample} up-sampling"
+        + (f", up_kernel_size {net.get('up_kernel_size', 2)}" if upsample == "nontrainable" else ""),
     ]
     flags = bundle_execution_flags()
     raw_bf16 = parser.get("cpu_bf16")
