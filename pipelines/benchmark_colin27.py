@@ -36,8 +36,9 @@ Networks (``out_channels`` = 7 everywhere; ``--networks`` picks, ``--list`` prin
 Protocol, the same for every network:
 
 * data: ``monai_resunet.transforms.segmentation_preprocessing`` (RAS, 1 mm ``pixdim``, crop to the brain, MR
-  z-score, pad to the patch) + ``segmentation_augmentation`` (class-balanced 64³ patches, flips on every axis,
-  rotation/scaling of 30 % of the patches, intensity scale/shift), cached with ``CacheDataset`` and served by
+  z-score, pad to the patch) + the 3D bundle's own ``train#random_transforms`` at the benchmark's patch size
+  (``segmentation_augmentation``: class-balanced 64³ patches, flips on every axis, rotation/scaling of 30 % of the
+  patches, intensity scale/shift; the 2D bundle's for the 2D network), cached with ``CacheDataset`` and served by
   MONAI's ``DataLoader`` in the main process (``num_workers=0``, so sampling time is part of training time, as it
   would be on a 2-core machine);
 * recipe from the 3D bundle's config (the 2D bundle's for the 2D network): ``learning_rate`` (1e-3),
@@ -77,8 +78,11 @@ ResUNet), ``predictions/<network>.nii.gz`` (final label maps on the held-out ima
 runs them through the bundles' own inference).
 
 ``--override KEY=JSON`` changes a bundle config entry for the ResUNet rows only (``network_def#full_res='"conv"'``,
-``learning_rate=2e-3``), so a recipe can be measured against the same peers before it becomes the default; the
-report's header lists the overrides.
+``learning_rate=2e-3``, or the augmentation: ``train#random_transforms`` set to a ``segmentation_augmentation(...)``
+expression with other arguments), so a recipe can be measured against the same peers before it becomes the
+default; the report's header lists the overrides. To give the peers a changed recipe too, change the config itself
+(they read theirs from the 3D bundle's ``train.json``). ``pipelines/summarise_colin27_seeds.py`` pools runs over
+seeds.
 
 ``--quick``: 8 s per network, two networks, 48³ patches on 2 mm resampled data (the bundle's network pads them to
 64³ inside, which keeps 2 voxels per axis at its bottom level), evaluation every 4 s: a smoke test of the whole
@@ -221,6 +225,15 @@ def bundle_recipe(config: Path, dataset_dir: str, overrides: dict[str, Any] | No
         "channels_last": bool(parser.get("channels_last", False)),
         "cpu_bf16": bool(parser.get_parsed_content("cpu_bf16")) if "cpu_bf16" in parser else False,
     }
+
+
+def bundle_augmentation(
+    config: Path, dataset_dir: str, patch: Sequence[int], overrides: dict[str, Any] | None = None
+) -> list[Any]:
+    """The bundle's own ``train#random_transforms`` (with ``overrides``) for this benchmark's ``patch``, so the
+    benchmark trains with the augmentation the bundle trains with and ``--override`` reaches it too."""
+    parser = _bundle_parser(config, dataset_dir, {**(overrides or {}), "patch_size": list(patch)})
+    return parser.get_parsed_content("train#random_transforms")
 
 
 def build_network(name: str, dataset_dir: str, overrides: dict[str, Any] | None = None):
@@ -472,7 +485,7 @@ def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
 
     from monai_resunet.data import msd_datalist
     from monai_resunet.networks import configure_execution
-    from monai_resunet.transforms import segmentation_augmentation, segmentation_preprocessing
+    from monai_resunet.transforms import segmentation_preprocessing
 
     torch.set_num_threads(settings.threads)
     is_2d = name == "resunet2d-bundle"
@@ -485,10 +498,7 @@ def run_network(name: str, settings: Settings, out_dir: Path) -> dict[str, Any]:
 
     # data: the library's chains, the deterministic part cached once
     patch, pre_kwargs = patch_and_preprocessing(is_2d, settings)
-    aug = segmentation_augmentation(
-        ["image", "label"], patch_size=patch, num_classes=NUM_CLASSES, num_samples=recipe["num_samples"],
-        slice_axis=2 if is_2d else None,
-    )  # fmt: skip
+    aug = bundle_augmentation(BUNDLE_CONFIGS.get(name, BUNDLE3D), dataset_dir, patch, overrides)
     train_pre = segmentation_preprocessing(["image", "label"], **pre_kwargs)
     train_items = msd_datalist(dataset_dir, "training")
     # batch_size images per iteration: with one training image, the same image batch_size times

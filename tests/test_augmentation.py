@@ -68,3 +68,51 @@ def test_class_indices_are_cached_and_centres_balanced():
     centres = torch.stack([p["label"].flatten() for p in patches]).flatten()
     counts = torch.bincount(centres.long(), minlength=3)
     assert counts.min() >= 8, counts  # each class ≈ 20 of 60 (1-voxel patches: the patch is the centre)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_rotated_patches_come_from_the_volume_when_fused(fused):
+    """With ``resample_from_volume`` a rotated patch well inside the volume shows image everywhere (MONAI's lazy
+    resampling samples it from the whole volume); cropped first and then rotated, its corners are zero padding.
+    Either way the image and the label stay aligned and every patch has the patch size."""
+    label = torch.zeros(1, 64, 64, 64)
+    label[:, 12:52, 12:52, 12:52] = 1
+    image = label * 10.0 + 5.0
+    chain = Compose(segmentation_augmentation(patch_size=(8, 8, 8), num_classes=2, num_samples=16, flip=True,
+                                              affine_prob=1.0, rotate_range=0.5, scale_range=0.0,
+                                              resample_from_volume=fused, intensity_prob=0.0))  # fmt: skip
+    chain.set_random_state(seed=0)
+    # patches centred in class 1: at least 12 voxels from the volume's edge, more than a rotated 8³ patch reaches
+    inner = [p for p in chain({"image": image, "label": label}) if bool((p["label"][:, 3:5, 3:5, 3:5] > 0.5).all())]
+    assert len(inner) >= 3  # about half the patches (the others are centred on the background)
+    for patch in inner:
+        assert tuple(patch["image"].shape) == (1, 8, 8, 8)
+        has_zeros = bool((patch["image"] == 0).any())
+        assert has_zeros != fused  # rotated by up to 0.5 rad about each axis: corners leave an 8³ crop
+
+
+def test_fused_resampling_keeps_alignment_and_cached_indices():
+    from monai.data import CacheDataset
+    from monai.transforms import ClassesToIndicesd
+
+    from monai_resunet.transforms.sampling import FusedResampling
+
+    label = torch.zeros(1, 32, 32, 32)
+    label[:, 6:20, 8:26, 10:22] = 1
+    image = label * 10.0 + 5.0
+    aug = segmentation_augmentation(
+        patch_size=(16, 16, 16), num_classes=2, num_samples=4, affine_prob=0.5, resample_from_volume=True,
+        intensity_prob=0.0,
+    )  # fmt: skip
+    chain = Compose(aug)
+    assert isinstance(chain.transforms[0], ClassesToIndicesd) and isinstance(chain.transforms[1], FusedResampling)
+    dataset = CacheDataset([{"image": image, "label": label}], chain, progress=False)
+    assert "label_cls_indices" in dataset._cache[0]
+    chain.set_random_state(seed=1)
+    for _ in range(3):
+        for patch in dataset[0]:
+            assert tuple(patch["image"].shape) == (1, 16, 16, 16)
+            agree = (np.asarray(patch["image"]) > 10.0) == (np.asarray(patch["label"]) > 0.5)
+            assert agree.mean() > 0.97  # bilinear image, nearest label: they may differ on the boundary only
+    with pytest.raises(ValueError, match="3D"):
+        segmentation_augmentation(patch_size=(16, 16), slice_axis=2, resample_from_volume=True)

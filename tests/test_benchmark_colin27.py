@@ -353,3 +353,53 @@ def test_colin27_quick_benchmark(colin27_dataset, tmp_path):
         ratios, shares = ([float(v) for v in c.split(",")] for c in cells[1:3])
         assert len(ratios) == len(shares) == 3 and all(r >= 0 for r in ratios) and all(0 <= v <= 100 for v in shares)
     print(f"quick benchmark: {elapsed:.0f} s")  # ~30 s on 2 shared cores; designed to stay under a minute
+
+
+def _write_run(folder: Path, seed: int, rows: list[tuple[str, float]], overrides: dict | None = None) -> Path:
+    results = [
+        {"network": name, "mean_dice": dice, "dice": {"caudate": dice + 0.01, "amygdala": dice - 0.01}, "error": ""}
+        for name, dice in rows
+    ]
+    folder.mkdir(parents=True)
+    settings = {"seed": seed, "overrides": overrides or {}}
+    (folder / "colin27_curves.json").write_text(json.dumps({"settings": settings, "results": results}))
+    return folder
+
+
+def test_seed_summary_pools_runs_per_recipe(tmp_path, capsys):
+    """Runs of one recipe over seeds are pooled (mean, sample SD); an override makes another recipe, unless an
+    empty tag says it is the default since; a tag names every row of its run; a failed row is left out; bad input
+    is named."""
+    summarise = load_script("summarise_colin27_seeds")
+    a = _write_run(tmp_path / "s123", 123, [("resunet3d-bundle", 0.84), ("monai-unet-ref", 0.85)])
+    b = _write_run(tmp_path / "s7", 7, [("resunet3d-bundle", 0.86), ("monai-unet-ref", 0.83)])
+    tried = _write_run(tmp_path / "lr", 7, [("resunet3d-bundle", 0.90)], {"learning_rate": 0.002})
+    old = _write_run(tmp_path / "old", 42, [("resunet3d-bundle", 0.85), ("monai-unet-ref", 0.80)], {"x": 1})
+    failed = json.loads((b / "colin27_curves.json").read_text())
+    failed["results"].append({"network": "dynunet", "mean_dice": None, "dice": {}, "error": "Killed"})
+    (b / "colin27_curves.json").write_text(json.dumps(failed))
+
+    peers = _write_run(tmp_path / "peers", 7, [("monai-unet-ref", 0.88)])  # a recipe changed in the config
+    runs = [a, b, tried, f"{old}=", f"{peers}=lr 2e-3"]
+    entries = {e["recipe"]: e for e in summarise.summarise(summarise.load_runs(runs))}
+    assert set(entries) == {
+        "resunet3d-bundle", "monai-unet-ref", "resunet3d-bundle (learning_rate=0.002)", "monai-unet-ref (lr 2e-3)"
+    }  # fmt: skip
+    res = entries["resunet3d-bundle"]
+    assert res["runs"] == [(123, 0.84), (7, 0.86), (42, 0.85)]
+    assert res["mean"] == pytest.approx(0.85) and res["sd"] == pytest.approx(0.01)
+    assert res["structures"]["amygdala"] == pytest.approx(0.84)
+    assert entries["monai-unet-ref"]["runs"] == [(123, 0.85), (7, 0.83), (42, 0.80)]
+    assert entries["resunet3d-bundle (learning_rate=0.002)"]["sd"] is None
+    assert entries["monai-unet-ref (lr 2e-3)"]["runs"] == [(7, 0.88)]
+
+    out = tmp_path / "table" / "seeds.md"
+    assert summarise.main([str(a), str(b), "--out", str(out)]) == 0
+    table = out.read_text()
+    assert table == capsys.readouterr().out
+    assert "| resunet3d-bundle | 0.840 (123), 0.860 (7) | 2 | 0.850 | 0.014 |" in table
+    assert summarise.main([str(tmp_path / "missing")]) == 2
+    assert "missing: no colin27_curves.json" in capsys.readouterr().err
+    (tmp_path / "broken.json").write_text("{")
+    assert summarise.main([str(tmp_path / "broken.json")]) == 2
+    assert "broken.json: not a benchmark_colin27.py result" in capsys.readouterr().err

