@@ -163,9 +163,10 @@ def segmentation_augmentation(
         affine_prob: probability of a random rotation/scaling of a patch (0 disables it).
         rotate_range: largest rotation about each axis, in radians (0.26 ≈ 15°; nnU-Net: 0.52 ≈ 30°).
         scale_range: scale factor range about 1, per axis: ``0.1`` is 0.9–1.1; ``(-0.3, 0.4)`` is nnU-Net's 0.7–1.4.
-        resample_from_volume: 3D only: crop, flips and rotation/scaling are one resampling of the whole volume
+        resample_from_volume: 3D only: the crop and the rotation/scaling are one resampling of the whole volume
             (``FusedResampling``, MONAI's lazy resampling), so a rotated or zoomed-out patch's corners show the image
-            around the crop instead of zeros. Off: the patch is cropped, then rotated with zero padding.
+            around the crop instead of zeros; the flips follow, on the patch. Slower on large volumes (see
+            ``FusedResampling``). Off: the patch is cropped, then rotated with zero padding.
         intensity_prob: probability of each intensity augmentation.
         slice_axis: ``None`` for 3D patches; 0, 1 or 2 to sample 2D slices along that axis (``patch_size`` is
             then 2D) for a 2D network, with the same augmentation in 2D.

@@ -68,9 +68,10 @@ class FusedResampling(Compose):
     """A ``Compose`` that always runs its transforms with MONAI's lazy resampling, whatever the enclosing ``Compose``
     asks for (an eager one passes ``lazy=False`` down, which would turn a plain nested ``Compose(lazy=True)`` eager).
 
-    A patch crop followed by a rotation/scaling then becomes a single resampling of the whole cached volume: where the rotated or zoomed-out patch reaches past the crop it shows the image around it, not zero
-    padding, as nnU-Net samples its augmented patches from the whole case; an unrotated patch stays a plain crop
-    (MONAI's integer-translation fast path), and the patch is interpolated once instead of once per transform.
+    A patch crop followed by a rotation/scaling then becomes a single resampling of the whole cached volume: where
+    the rotated or zoomed-out patch reaches past the crop it shows the image around it, not zero padding, as nnU-Net
+    samples its augmented patches from the whole case; an unrotated patch stays a plain crop (MONAI's
+    integer-translation fast path), and the patch is interpolated once instead of once per transform.
     It costs more than cropping first: MONAI's lazy resampling converts and samples the whole volume, so on a
     256×256×200 volume a 96³ patch took 89 ms on average instead of 26 ms with rotation/scaling on 30 % of the
     patches, 217 ms instead of 92 ms with it on every patch (one CPU thread).
