@@ -190,11 +190,11 @@ class ResUNet(nn.Module):
         # input itself, brings it back to full resolution with few channels (where convolutions cost the most)
         top_channels = features[0]
         self.full_res: ResUpBlock | None = None
-        # "interpolate": the head's logits are up-sampled instead (the stem's factor, 1 when there is no stem)
-        head_at_half_res = full_res in ("interpolate", "deconv")
-        self.logit_scale = 2 if stem_stride == 2 and head_at_half_res else 1
         if stem_stride == 1 and (full_res_features is not None or full_res != "block"):
             raise ValueError("full_res_features and full_res need stem_stride=2.")
+        # "interpolate"/"deconv" (stem_stride 2, checked above): the head's logits are up-sampled by the stem's factor
+        head_at_half_res = full_res in ("interpolate", "deconv")
+        self.logit_scale = 2 if head_at_half_res else 1
         if head_at_half_res and full_res_features is not None:
             raise ValueError(f"full_res={full_res!r} has no full-resolution layer for full_res_features.")
         if stem_stride == 2 and not head_at_half_res:
@@ -206,7 +206,7 @@ class ResUNet(nn.Module):
         self.head = Convolution(spatial_dims, top_channels, out_channels, kernel_size=1, conv_only=True, bias=True)
         # "deconv": the learned sub-voxel part of the logits, added to the interpolated ones (no bias: the head has it)
         self.subvoxel_head: nn.Module | None = None
-        if stem_stride == 2 and full_res == "deconv":
+        if full_res == "deconv":
             self.subvoxel_head = Convolution(
                 spatial_dims, top_channels, out_channels, strides=2, kernel_size=2, padding=0, output_padding=0,
                 conv_only=True, bias=False, is_transposed=True,
