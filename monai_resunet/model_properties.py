@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from monai_resunet.atomic_files import atomic_write_bytes
 
 __all__ = ["write_model_properties", "read_model_properties", "PROPERTIES_FILE"]
 
@@ -19,14 +20,8 @@ PROPERTIES_FILE = "model_properties.json"
 
 def write_model_properties(ckpt_dir: str | os.PathLike, **properties) -> Path:
     """Write ``properties`` (JSON-serialisable) to ``ckpt_dir/model_properties.json`` atomically."""
-    path = Path(ckpt_dir) / PROPERTIES_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
     clean = {k: list(v) if isinstance(v, tuple) else v for k, v in properties.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(clean, f, indent=2)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(Path(ckpt_dir) / PROPERTIES_FILE, json.dumps(clean, indent=2).encode())
 
 
 def _metadata_defaults(bundle_root: Path) -> dict:

@@ -32,9 +32,24 @@ def test_shared_config_pieces_match_the_3d_bundle():
         assert two[key] == three[key], key
     for section in ("handlers", "trainer", "dataset", "dataloader", "preprocessing"):
         assert two["train"][section] == three["train"][section], section
-    for section in ("handlers", "key_metric", "additional_metrics", "evaluator", "postprocessing", "dataset"):
+    validate_sections = ("handlers", "best_model_saver", "key_metric", "additional_metrics", "evaluator")
+    for section in (*validate_sections, "postprocessing", "dataset"):
         assert two["validate"][section] == three["validate"][section], section
     assert two["network_def"] == load(NAME, "inference.json")["network_def"]
+
+
+def test_model_properties_are_written_with_the_weights_in_single_and_multi_gpu_training():
+    """The properties are one config entry, written by the best-model handler next to model.pt; no initialize list
+    writes its own copy (the multi-GPU one used to, without the 2D bundle's slice_axis and num_neighbours)."""
+    two = load(NAME, "train.json")
+    assert two["model_properties"]["slice_axis"] == "@slice_axis"
+    assert two["model_properties"]["num_neighbours"] == "@num_neighbours"
+    assert set(two["model_properties"]) > set(load("resunet3d_segmentation", "train.json")["model_properties"])
+    for name in (NAME, "resunet3d_segmentation"):
+        train = load(name, "train.json")
+        assert train["validate"]["best_model_saver"]["properties"] == "@model_properties"
+        for config in ("train.json", "multi_gpu_train.json"):
+            assert not [e for e in load(name, config)["initialize"] if "model_properties" in e], (name, config)
 
 
 def test_slice_sampling_and_neighbour_channels():

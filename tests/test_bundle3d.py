@@ -64,6 +64,9 @@ def test_check_properties(bundle3d, msd_dataset):
     infer = workflow(bundle3d, ["inference.json"], "infer", dataset_dir=str(msd_dataset), load_pretrain=False)
     infer.initialize()
     assert not infer.check_properties()
+    # as `--load_pretrain false` gives it: a string, which must not count as true
+    as_typed = workflow(bundle3d, ["inference.json"], "infer", dataset_dir=str(msd_dataset), load_pretrain="false")
+    as_typed.initialize()
     untrained = workflow(bundle3d, ["inference.json"], "infer", dataset_dir=str(msd_dataset))
     with pytest.raises(RuntimeError) as err:
         untrained.initialize()
@@ -104,6 +107,8 @@ def test_train_evaluate_infer_workflows(bundle3d, msd_dataset):
     assert (
         set(state) >= {"network", "optimizer", "lr_scheduler", "trainer"} and epochs_done(models / "last_state.pt") == 1
     )
+    # the best score travels with the resume state, so a resumed run does not overwrite a better model.pt
+    assert state["best_model"]["best_metric_epoch"] == 1 and 0 <= state["best_model"]["best_metric"] <= 1
     assert (bundle3d / "eval" / "curves.png").is_file()
     props = json.loads((models / "model_properties.json").read_text())
     assert props["class_names"] == ["background", "dim_sphere", "bright_sphere"] and props["patch_size"] == [32, 32, 32]
@@ -178,6 +183,8 @@ def test_resume_after_kill_9(bundle3d, msd_dataset):
     if done < 3:
         assert f"resumed from {last}: epoch {done} done, continuing at epoch {done + 1} of 3" in log
     assert epochs_done(last) == 3  # same epoch count as an uninterrupted run
+    assert torch.load(last, weights_only=True)["best_model"]["best_metric_epoch"] == 3  # validated at epoch 3
+    assert (bundle3d / "models" / "model.pt").is_file() and (bundle3d / "models" / "model_properties.json").is_file()
     history = json.loads((bundle3d / "eval" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]
 

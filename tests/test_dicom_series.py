@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +252,14 @@ def test_errors_name_path_and_problem(tmp_path, setup, match):
     with pytest.raises(DicomReadError, match=match) as info:
         LoadImage(reader=DicomSeriesReader(), image_only=True)(str(folder))
     assert isinstance(info.value, ValueError) and str(folder) in str(info.value)
+
+
+@pytest.mark.parametrize("setup,match", [("jpeg2000", "pylibjpeg-openjpeg"), ("jpeg_lossless", "pylibjpeg-libjpeg")])
+def test_compressed_series_errors_under_the_pydicom_2_api(tmp_path, monkeypatch, setup, match):
+    """The MONAI Label environment needs pydicom < 3, which has no ``pydicom.pixels``: the decoder check falls back
+    to pydicom 2's pixel data handlers instead of failing with ModuleNotFoundError."""
+    monkeypatch.setitem(sys.modules, "pydicom.pixels", None)  # import pydicom.pixels now raises ImportError
+    test_errors_name_path_and_problem(tmp_path, setup, match)
 
 
 def test_missing_path_and_non_dicom_file(tmp_path):

@@ -200,6 +200,44 @@ def _geometry_sitk(path: Path):
     return img.GetSize(), np.array(img.GetSpacing()), np.array(img.GetOrigin()), np.array(img.GetDirection())
 
 
+NEEDS_LABEL_VENV = pytest.mark.skipif(
+    not LABEL_PYTHON.is_file(),
+    reason=f"MONAI Label venv not found at {LABEL_VENV}: build it with `bash pipelines/label_env.sh`",
+)
+
+# MONAI Label hands _load_checkpoint the bundle config's own train#handlers list and never re-reads it: the
+# request sequence below must leave a loader exactly when the current request asks for pretrained weights
+_PRETRAINED_PER_REQUEST = """
+import json, sys
+from monailabel.tasks.train.bundle import BundleConstants
+from monai_resunet.label.tasks import ResUNetTrainTask
+
+task = object.__new__(ResUNetTrainTask)  # only what _load_checkpoint uses
+task.const, task.model_dict_key, task.load_strict = BundleConstants(), "model", True
+handlers = [{"_target_": "StatsHandler"}]
+seen = []
+for model, pretrained in ((sys.argv[1], True), (sys.argv[1], False), (sys.argv[2], True)):
+    task._load_checkpoint(model, pretrained, handlers)
+    seen.append([h.get("load_path") for h in handlers if h.get("_target_") == "CheckpointLoader"])
+print(json.dumps({"loaders": seen, "others": [h["_target_"] for h in handlers if "load_path" not in h]}))
+"""
+
+
+@NEEDS_LABEL_VENV
+def test_train_task_decides_on_pretrained_weights_per_request(tmp_path):
+    first, second = tmp_path / "model.pt", tmp_path / "other.pt"
+    first.write_bytes(b"w")
+    second.write_bytes(b"w")
+    result = subprocess.run(
+        [str(LABEL_PYTHON), "-c", _PRETRAINED_PER_REQUEST, str(first), str(second)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["loaders"] == [[str(first)], [], [str(second)]]  # pretrained, then not, then another file
+    assert out["others"] == ["StatsHandler"]
+
+
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(
     not LABEL_PYTHON.is_file(),

@@ -3,6 +3,7 @@ geometry, checkpoint safety, DICOM in → DICOM-SEG out, and a batch with bad in
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -15,9 +16,12 @@ import SimpleITK as sitk
 import torch
 from dicom_synth import AXIAL, write_series
 from monai.data import MetaTensor
+from monai.transforms import LoadImage
 
 from conftest import FAST_2D, FAST_3D, REPO, copy_bundle, run_workflow
-from monai_resunet.inference.segmenter import CheckpointError, Segmenter
+from monai_resunet.config_flags import config_override
+from monai_resunet.inference.cli import output_names
+from monai_resunet.inference.segmenter import CheckpointError, InputImageError, Segmenter
 
 NET_3D = {k: v for k, v in FAST_3D.items() if k.startswith("network_def")}
 NET_2D = {k: v for k, v in FAST_2D.items() if k.startswith("network_def")}
@@ -51,6 +55,11 @@ def test_path_array_and_metatensor_inputs_agree_on_the_input_grid(trained, msd_d
     from_array = seg(img.get_fdata(), affine=img.affine)
     from_meta = seg(MetaTensor(torch.as_tensor(img.get_fdata()), affine=torch.as_tensor(img.affine)))
     assert torch.equal(from_path, from_array) and torch.equal(from_path, from_meta)
+    # a channel-first MetaTensor (LoadImage(ensure_channel_first=True) output) gets no second channel
+    channel_first = LoadImage(image_only=True, ensure_channel_first=True)(str(path))
+    assert torch.equal(from_path, seg(channel_first)) and channel_first.shape == (1, *img.shape)
+    with pytest.raises(ValueError, match="3D volume"):
+        seg(MetaTensor(torch.zeros(2, *img.shape), affine=torch.as_tensor(img.affine)))
     assert seg.segment_names == ["dim_sphere", "bright_sphere"]
     with pytest.raises(ValueError, match="affine"):
         seg(img.get_fdata())
@@ -158,7 +167,8 @@ def test_cli_reports_bad_inputs_and_writes_the_rest(trained, msd_dataset, tmp_pa
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "monai_resunet", "segment", "--bundle", str(trained["resunet3d_segmentation"]),
-           "--device", "cpu", "-o", str(out), str(good[0]), str(truncated), str(empty), str(good[1])]  # fmt: skip
+           "--device", "cpu", "--override", "sw_batch_size=2", "-o", str(out),
+           str(good[0]), str(truncated), str(empty), str(good[1])]  # fmt: skip
     # the tiny test network differs from the bundle's default network_def, so point the CLI at a bundle copy
     # whose inference.json matches the trained weights
     import json
@@ -175,7 +185,41 @@ def test_cli_reports_bad_inputs_and_writes_the_rest(trained, msd_dataset, tmp_pa
     assert not (out / "truncated_seg.nii.gz").exists() and not (out / "empty_seg.nii.gz").exists()
     assert "2 written, 0 skipped (exist), 2 failed of 4 inputs" in result.stdout
     assert f"failed: {truncated}" in result.stdout and f"failed: {empty}" in result.stdout
+    # the reason is the reader's, not MONAI's "applying transform <LoadImaged object at 0x...>" wrapper
+    assert "applying transform" not in result.stdout and "object at 0x" not in result.stdout
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left behind
+
+
+def test_unreadable_input_error_names_the_file_and_the_reason(trained, tmp_path):
+    seg = segmenter(trained, "resunet3d_segmentation")
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not an image at all")
+    with pytest.raises(InputImageError) as info:
+        seg(broken)
+    message = str(info.value)
+    assert str(broken) in message and "applying transform" not in message, message
+
+
+def test_cli_overrides_are_json():
+    assert config_override("mirror_axes=[0, 1]") == ("mirror_axes", [0, 1])
+    assert config_override("window_inferer#overlap=0.25") == ("window_inferer#overlap", 0.25)
+    assert config_override('image_key="img"') == ("image_key", "img")
+    with pytest.raises(argparse.ArgumentTypeError, match="KEY=JSON"):
+        config_override("mirror_axes")
+    with pytest.raises(argparse.ArgumentTypeError, match="not JSON"):
+        config_override("image_key=img")
+
+
+def test_output_names_never_collide(tmp_path):
+    kits = [Path("data/case_001/imaging.nii.gz"), Path("data/case_002/imaging.nii.gz"), Path("other/ct.nrrd")]
+    assert output_names(kits, "nifti", "seg") == [
+        "case_001_imaging_seg.nii.gz", "case_002_imaging_seg.nii.gz", "ct_seg.nii.gz",
+    ]  # fmt: skip
+    assert output_names([Path("a/scan.nii.gz"), Path("b/scan.nrrd")], "nrrd", "seg") == [
+        "a_scan_seg.nrrd", "b_scan_seg.nrrd",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="would both be written as"):
+        output_names([Path("x/scan.nii.gz"), Path("x/scan.nii.gz")], "nifti", "seg")
 
 
 def test_cli_help_explains_every_option():
@@ -183,5 +227,6 @@ def test_cli_help_explains_every_option():
         [sys.executable, "-m", "monai_resunet", "segment", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0
-    for option in ("--bundle", "--output-dir", "--device", "--checkpoint", "--format", "--postfix", "--overwrite"):
+    options = ("--bundle", "--output-dir", "--device", "--checkpoint", "--format", "--postfix", "--overwrite")
+    for option in (*options, "--override"):
         assert option in result.stdout

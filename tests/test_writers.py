@@ -79,6 +79,16 @@ def test_uint16_for_many_labels_and_one_slice_volume_keeps_its_shape(tmp_path):
     assert np.asanyarray(img.dataobj)[1, 2, 0] == 300
 
 
+def test_2d_metatensor_is_written_as_a_2d_image(tmp_path):
+    """MONAI keeps a 4×4 affine for 2D images; the spatial shape says it is (1, X, Y), not an X=1 volume."""
+    affine = torch.tensor([[0.5, 0, 0, 10.0], [0, 0.8, 0, -4.0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=torch.float64)
+    label = MetaTensor(torch.randint(0, 3, (1, 12, 9)), affine=affine, meta={"spatial_shape": (12, 9)})
+    img = nib.load(write_label_map(label, tmp_path / "slice.nii.gz"))
+    assert img.shape == (12, 9)
+    np.testing.assert_allclose(img.header.get_zooms(), (0.5, 0.8))
+    np.testing.assert_array_equal(np.asarray(img.dataobj), label[0].numpy())
+
+
 def test_sheared_affine_goes_to_the_sform(tmp_path):
     sheared = AFFINE.copy()
     sheared[:3, 2] += (0.0, 0.6, 0.0)  # gantry tilt

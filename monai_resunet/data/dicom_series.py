@@ -151,6 +151,22 @@ def _decoder_hint(tsyntax: UID) -> str:
     return hint
 
 
+def _decoder_available(tsyntax: UID) -> bool:
+    """Whether an installed decoder handles ``tsyntax``: pydicom 3's decoder registry, or pydicom 2's pixel data
+    handlers (the MONAI Label environment needs pydicom < 3). ``NotImplementedError`` when pydicom has no decoder
+    for the syntax at all."""
+    try:
+        from pydicom.pixels import get_decoder
+    except ImportError:  # pydicom 2
+        from pydicom import config
+
+        handlers = [h for h in config.pixel_data_handlers if h.supports_transfer_syntax(tsyntax)]
+        if not handlers:
+            raise NotImplementedError(f"no pixel data handler supports {tsyntax}") from None
+        return any(h.is_available() for h in handlers)
+    return get_decoder(tsyntax).is_available
+
+
 def _decode_pixels(ds: Dataset, path: str) -> np.ndarray:
     """``ds.pixel_array`` with the failure modes turned into :class:`DicomReadError` messages."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -160,9 +176,7 @@ def _decode_pixels(ds: Dataset, path: str) -> np.ndarray:
     if tsyntax is not None and tsyntax.is_compressed:
         hint = _decoder_hint(tsyntax)
         try:
-            from pydicom.pixels import get_decoder
-
-            available = get_decoder(tsyntax).is_available
+            available = _decoder_available(tsyntax)
         except NotImplementedError:
             raise DicomReadError(
                 f"{path}: pixel data use transfer syntax {tsyntax.name} ({tsyntax}), which pydicom cannot decode."

@@ -1,55 +1,40 @@
-"""Resumable training: an ignite handler that writes the full training state atomically at the end of every
-epoch and, when asked, restores it before the first epoch, so a run killed at any moment (``kill -9``
-included) loses at most the epoch in progress.
+"""Resumable training: ignite handlers that keep the training state and the best model on disk.
+
+- :class:`ResumableCheckpoint` writes the full training state at the end of every epoch and, when asked,
+  restores it before the first epoch, so a run killed at any moment (``kill -9`` included) loses at most the
+  epoch in progress.
+- :class:`BestModelCheckpoint` writes the best model (and the model properties inference needs) whenever the key
+  metric improves, and keeps its best score across a resume.
 
 MONAI's ``CheckpointSaver`` writes in place (``atomic=False``), so a kill during a save can leave a truncated
-file; this handler writes to a temporary file in the same folder and renames it over the old one. It loads
-with ``torch.load(weights_only=True)``: a checkpoint that carries pickled code is refused, not run.
+file; these handlers write to a temporary file in the same folder and rename it over the old one. Loading uses
+``torch.load(weights_only=True)``: a checkpoint that carries pickled code is refused, not run.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
-__all__ = ["ResumableCheckpoint", "atomic_torch_save", "as_bool", "require_checkpoint"]
+from monai_resunet.atomic_files import atomic_target
+from monai_resunet.config_flags import as_bool
+from monai_resunet.model_properties import write_model_properties
+
+__all__ = ["BestModelCheckpoint", "ResumableCheckpoint", "atomic_torch_save", "require_checkpoint"]
 
 logger = logging.getLogger("monai_resunet")
 
 
-def as_bool(value) -> bool:
-    """Config flags arrive from the command line as strings (``--resume true``); accept those too."""
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in ("true", "1", "yes", "y", "on"):
-            return True
-        if lowered in ("false", "0", "no", "n", "off", "", "none"):
-            return False
-        raise ValueError(f"expected a boolean, got {value!r}.")
-    return bool(value)
-
-
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file beside ``path``, fsync, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_target(path) as tmp:
+        torch.save(obj, tmp)
 
 
 class ResumableCheckpoint:
@@ -71,6 +56,8 @@ class ResumableCheckpoint:
         map_location: ``torch.load`` map location.
         is_rank0: only rank 0 writes (DDP); every rank loads.
         engine_key: key of the attached engine's own state (epoch, iteration) in the checkpoint.
+        optional_keys: keys of ``save_dict`` a checkpoint may lack (it was written before they were added);
+            those objects keep their fresh state on resume, and the log says so.
 
     Example::
 
@@ -86,8 +73,10 @@ class ResumableCheckpoint:
         map_location: str | torch.device | None = "cpu",
         is_rank0: bool = True,
         engine_key: str = "trainer",
+        optional_keys: Sequence[str] = (),
     ) -> None:
         self.path = Path(save_dir) / filename
+        self.optional_keys = tuple(optional_keys)
         self.save_dict = dict(save_dict)
         self.engine_key = engine_key
         self.resume = as_bool(resume)
@@ -110,10 +99,13 @@ class ResumableCheckpoint:
         except Exception as e:  # a truncated or foreign file: name it instead of a pickle traceback
             raise RuntimeError(f"{self.path}: cannot load the last-state checkpoint ({e}).") from None
         missing = [k for k in self.save_dict if k not in checkpoint]
-        if missing:
+        if [k for k in missing if k not in self.optional_keys]:
             raise RuntimeError(f"{self.path}: checkpoint lacks {missing}; it was not written by this bundle.")
+        if missing:
+            logger.info("%s has no %s (an older checkpoint): those start afresh.", self.path, missing)
         max_epochs = engine.state.max_epochs
-        Checkpoint.load_objects(to_load=self.save_dict, checkpoint=checkpoint)
+        to_load = {k: v for k, v in self.save_dict.items() if k not in missing}
+        Checkpoint.load_objects(to_load=to_load, checkpoint=checkpoint)
         engine.state.max_epochs = max_epochs
         logger.info(
             "resumed from %s: epoch %d done, continuing at epoch %d of %s.",
@@ -129,6 +121,87 @@ class ResumableCheckpoint:
                 obj = obj.module
             state[key] = obj.state_dict()
         atomic_torch_save(state, self.path)
+
+
+class BestModelCheckpoint:
+    """Save the network's weights to ``save_dir/filename`` (a plain ``state_dict``, as MONAI's ``CheckpointSaver``
+    with ``save_key_metric`` writes it) whenever the evaluator it is attached to reaches a new best key metric,
+    atomically, together with the model properties that inference needs to use those weights.
+
+    It replaces ``CheckpointSaver(save_key_metric=True, key_metric_filename="model.pt")`` for two reasons:
+
+    - ``CheckpointSaver`` deletes the previous best file, then writes the new one in place: a kill in between
+      leaves no best model, or half of one. Here the new file replaces the old one in a single rename.
+    - Its record of the best score lives only in memory, so after a resume the first validation overwrote the best
+      model whatever its score. This handler has ``state_dict``/``load_state_dict`` (the evaluator's
+      ``best_metric`` and ``best_metric_epoch``): put it in :class:`ResumableCheckpoint`'s ``save_dict`` and a
+      resumed run keeps the best model until it is beaten.
+
+    The new-best test is MONAI's own: the evaluator's ``best_metric_epoch`` equals the epoch just validated (the
+    workflow updates it with its ``metric_cmp_fn`` before handlers run). ``properties`` go to
+    ``model_properties.json`` beside the weights right after them (writing them when training starts, as before,
+    paired a new data set's classes with the previous run's weights until the first validation).
+
+    Args:
+        save_dir: folder of the weights (the bundle's ``models/``).
+        network: the network (a ``DistributedDataParallel`` wrapper is unwrapped).
+        filename: weights file name.
+        properties: keyword arguments of :func:`monai_resunet.write_model_properties`, or ``None`` for none.
+        is_rank0: only rank 0 writes (DDP; the key metric is already reduced over ranks).
+
+    Example::
+
+        best = BestModelCheckpoint("models", net, properties={"class_names": ["background", "liver"]})
+        best.attach(evaluator)
+        ResumableCheckpoint("models", {"network": net, "best_model": best}, resume=True).attach(trainer)
+    """
+
+    def __init__(
+        self,
+        save_dir: str,
+        network: torch.nn.Module,
+        filename: str = "model.pt",
+        properties: dict | None = None,
+        is_rank0: bool = True,
+    ) -> None:
+        self.save_dir = Path(save_dir)
+        self.path = self.save_dir / filename
+        self.network = network
+        self.properties = properties
+        self.is_rank0 = is_rank0
+        self.engine: Engine | None = None
+
+    def attach(self, engine: Engine) -> None:
+        self.engine = engine
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if engine.state.best_metric_epoch != engine.state.epoch or not self.is_rank0:
+            return
+        network = self.network
+        if isinstance(network, torch.nn.parallel.DistributedDataParallel):
+            network = network.module
+        atomic_torch_save(network.state_dict(), self.path)
+        if self.properties is not None:
+            write_model_properties(self.save_dir, **self.properties)
+        logger.info(
+            "new best %s %.4f at epoch %d: saved %s", engine.state.key_metric_name, engine.state.best_metric,
+            engine.state.epoch, self.path,
+        )  # fmt: skip
+
+    def state_dict(self) -> dict:
+        if self.engine is None:
+            raise RuntimeError("BestModelCheckpoint: attach it to the evaluator before saving its state.")
+        return {
+            "best_metric": float(self.engine.state.best_metric),
+            "best_metric_epoch": self.engine.state.best_metric_epoch,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.engine is None:
+            raise RuntimeError("BestModelCheckpoint: attach it to the evaluator before resuming.")
+        self.engine.state.best_metric = float(state["best_metric"])
+        self.engine.state.best_metric_epoch = int(state["best_metric_epoch"])
 
 
 def require_checkpoint(path: str | os.PathLike) -> str:

@@ -5,10 +5,20 @@ class, right after the metrics are computed."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["PerClassMetrics"]
+__all__ = ["PerClassMetrics", "per_class_values"]
+
+
+def per_class_values(name: str, value: torch.Tensor, class_names: Sequence[str]) -> dict[str, float]:
+    """``{"<name>/<class name>": value}`` for a per-class metric tensor: ``n`` values are named after the last
+    ``n`` class names (metrics computed without background), or numbered when there are more values than names."""
+    values = value.flatten().tolist()
+    names = list(class_names)[-len(values) :] if len(class_names) >= len(values) else range(len(values))
+    return {f"{name}/{class_name}": float(v) for class_name, v in zip(names, values)}
 
 
 class PerClassMetrics:
@@ -43,8 +53,5 @@ class PerClassMetrics:
                 continue
             if not isinstance(value, torch.Tensor) or value.numel() <= 1:
                 continue
-            values = value.flatten().tolist()
-            names = self.class_names[-len(values) :] if len(self.class_names) >= len(values) else range(len(values))
             del metrics[name]
-            for class_name, v in zip(names, values):
-                metrics[f"{name}/{class_name}"] = float(v)
+            metrics.update(per_class_values(name, value, self.class_names))

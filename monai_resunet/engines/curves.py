@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
+
+from monai_resunet.atomic_files import atomic_target, atomic_write_bytes
+from monai_resunet.engines.class_metrics import per_class_values
 
 __all__ = ["TrainingCurves"]
 
@@ -89,13 +91,11 @@ class TrainingCurves:
                 entry.update(self._flatten(name, value))
         self.history = [h for h in self.history if h["epoch"] != entry["epoch"]] + [entry]
         if self.is_rank0:
-            self._write(self.history_path, json.dumps(self.history, indent=1).encode())
+            atomic_write_bytes(self.history_path, json.dumps(self.history, indent=1).encode())
 
     def _flatten(self, name: str, value) -> dict[str, float]:
-        if isinstance(value, torch.Tensor) and value.numel() > 1:
-            values = value.flatten().tolist()
-            names = self.class_names[-len(values) :] if len(self.class_names) >= len(values) else range(len(values))
-            return {f"{name}/{n}": v for n, v in zip(names, values) if math.isfinite(v)}
+        if isinstance(value, torch.Tensor) and value.numel() > 1:  # not split by PerClassMetrics
+            return {k: v for k, v in per_class_values(name, value, self.class_names).items() if math.isfinite(v)}
         if isinstance(value, torch.Tensor):
             value = value.item()
         return {name: float(value)} if isinstance(value, (int, float)) and math.isfinite(value) else {}
@@ -121,16 +121,9 @@ class TrainingCurves:
         if metric_names:
             ax_metric.legend(loc="lower right", fontsize="small")
         fig.tight_layout()
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, path)
+        try:
+            with atomic_target(path) as tmp:
+                fig.savefig(tmp, dpi=100)
+        finally:
+            plt.close(fig)
         logger.info("training curves written to %s", path)
-
-    @staticmethod
-    def _write(path: Path, data: bytes) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)

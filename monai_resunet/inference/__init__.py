@@ -2,7 +2,7 @@
 
 from monai_resunet.inference.inferers import SlabArgmaxInferer
 from monai_resunet.inference.mirroring import MirrorInferer, mirrored_prediction
-from monai_resunet.inference.segmenter import CheckpointError, Segmenter, load_checkpoint
+from monai_resunet.inference.segmenter import CheckpointError, InputImageError, Segmenter, load_checkpoint
 from monai_resunet.inference.writers import (
     LABEL_MAP_SUFFIXES,
     LabelMapWriter,

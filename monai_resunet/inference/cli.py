@@ -11,7 +11,9 @@ import logging
 import sys
 from pathlib import Path
 
-__all__ = ["add_segment_parser", "run_segment", "output_name"]
+from monai_resunet.config_flags import add_override_option
+
+__all__ = ["add_segment_parser", "run_segment", "output_name", "output_names"]
 
 logger = logging.getLogger("monai_resunet")
 
@@ -27,6 +29,25 @@ def output_name(input_path: Path, fmt: str, postfix: str) -> str:
             name = name[: -len(suffix)]
             break
     return f"{name}_{postfix}{FORMATS[fmt]}"
+
+
+def output_names(input_paths: list[Path], fmt: str, postfix: str) -> list[str]:
+    """:func:`output_name` for each input, made unique: inputs that would share a name (``case_001/imaging.nii.gz``
+    and ``case_002/imaging.nii.gz``, the KiTS / BraTS layout, or ``scan.nii.gz`` and ``scan.nrrd``) get their
+    folder's name in front (``case_001_imaging_seg.nii.gz``). Raises ``ValueError`` naming the inputs when that is
+    still not unique, before anything is segmented, rather than letting one output replace another."""
+    names = [output_name(p, fmt, postfix) for p in input_paths]
+    clashing = {n for n in names if names.count(n) > 1}
+    names = [f"{p.resolve().parent.name}_{n}" if n in clashing else n for p, n in zip(input_paths, names)]
+    seen: dict[str, Path] = {}
+    for path, name in zip(input_paths, names):
+        if name in seen:
+            raise ValueError(
+                f"{seen[name]} and {path} would both be written as {name}; segment them into separate output folders "
+                "or rename one."
+            )
+        seen[name] = path
+    return names
 
 
 def add_segment_parser(subparsers) -> argparse.ArgumentParser:
@@ -50,6 +71,11 @@ def add_segment_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--postfix", default="seg", help="appended to each input's name (default: seg)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
+    add_override_option(
+        parser,
+        "change an inference.json entry, repeatable, as `monai.bundle run --KEY VALUE` would: e.g. "
+        "'mirror_axes=[0]' (test-time mirroring along x), 'sw_batch_size=8', 'window_inferer#overlap=0.25'",
+    )
     parser.set_defaults(func=run_segment)
     return parser
 
@@ -60,7 +86,14 @@ def run_segment(args: argparse.Namespace) -> int:
     from monai_resunet.inference.segmenter import Segmenter
 
     try:
-        segmenter = Segmenter.from_bundle(args.bundle, device=args.device, checkpoint=args.checkpoint)
+        targets = output_names([Path(item) for item in args.inputs], args.format, args.postfix)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        segmenter = Segmenter.from_bundle(
+            args.bundle, device=args.device, checkpoint=args.checkpoint, **dict(args.override)
+        )
     except Exception as e:  # the bundle itself is unusable: nothing can be segmented
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -68,9 +101,9 @@ def run_segment(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     failed: list[tuple[str, str]] = []
     written, skipped = 0, 0
-    for item in tqdm(args.inputs, desc="segmenting", unit="case", file=sys.stderr):
+    for item, name in tqdm(list(zip(args.inputs, targets)), desc="segmenting", unit="case", file=sys.stderr):
         path = Path(item)
-        target = out_dir / output_name(path, args.format, args.postfix)
+        target = out_dir / name
         if target.exists() and not args.overwrite:
             skipped += 1
             continue

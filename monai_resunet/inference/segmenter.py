@@ -20,7 +20,7 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose, LoadImaged, SaveImaged
 
-__all__ = ["Segmenter", "CheckpointError", "load_checkpoint"]
+__all__ = ["Segmenter", "CheckpointError", "InputImageError", "load_checkpoint", "transform_error_cause"]
 
 logger = logging.getLogger("monai_resunet")
 
@@ -74,11 +74,36 @@ def load_checkpoint(network: torch.nn.Module, path: str | os.PathLike, map_locat
     network.load_state_dict(state)
 
 
+class InputImageError(RuntimeError):
+    """An input cannot be read or pre-processed; the message names the input and the reason (a ``RuntimeError``,
+    as MONAI's own transform errors are)."""
+
+
+def transform_error_cause(error: BaseException) -> BaseException:
+    """The exception a transform raised, without the ``RuntimeError("applying transform <...>")`` wrappers that
+    MONAI's ``Compose`` puts around it (one per nesting level), which name an object, not the problem."""
+    while isinstance(error, RuntimeError) and str(error).startswith("applying transform") and error.__cause__:
+        error = error.__cause__
+    return error
+
+
+def _run_transforms(chain: Compose, data: dict, source: str | os.PathLike) -> dict:
+    try:
+        return chain(data)
+    except Exception as e:
+        cause = transform_error_cause(e)
+        reason = str(cause) or type(cause).__name__
+        # readers usually name the file already; say which input it was otherwise
+        message = reason if str(source) in reason else f"{source}: {reason}"
+        raise InputImageError(message) from cause
+
+
 class Segmenter:
     """A bundle's trained network with its pre- and post-processing, as a callable.
 
     ``seg(image)`` takes a file path (NIfTI, NRRD, MHA, a DICOM file or a DICOM series folder), a numpy array
-    with an ``affine`` (channel-less, spatial axes in the affine's order), or a ``MetaTensor``, and returns the
+    with an ``affine`` (channel-less, spatial axes in the affine's order), or a ``MetaTensor`` (channel-less or
+    channel-first with one channel), and returns the
     integer label map as a ``MetaTensor`` of shape ``(1, *spatial)`` on the input's own grid (same shape and
     affine as the input).
 
@@ -145,9 +170,10 @@ class Segmenter:
             path = Path(image)
             if not path.exists():
                 raise FileNotFoundError(f"{path}: no such file or folder.")
-            return self.preprocessing({self.image_key: str(path)})
+            return _run_transforms(self.preprocessing, {self.image_key: str(path)}, source=path)
         if isinstance(image, MetaTensor):
-            tensor = image
+            # a shallow copy: the caller's tensor and its meta dict stay as they were
+            tensor = MetaTensor(image.as_tensor(), meta=dict(image.meta))  # the meta dict holds the affine
         elif isinstance(image, (np.ndarray, torch.Tensor)):
             if affine is None:
                 raise ValueError("an array input needs its affine (voxel → world, 4×4): seg(array, affine=...).")
@@ -156,12 +182,21 @@ class Segmenter:
             raise TypeError(
                 f"expected a path, a numpy array with an affine, or a MetaTensor, got {type(image).__name__}."
             )
-        tensor.meta.setdefault("original_channel_dim", "no_channel")
+        if tensor.ndim == 4 and tensor.shape[0] == 1:
+            # channel-first already (LoadImage(ensure_channel_first=True) output, or a MONAI transform chain): the
+            # pre-processing's EnsureChannelFirstd must not add a second channel
+            tensor.meta["original_channel_dim"] = 0
+        elif tensor.ndim == 3:
+            tensor.meta["original_channel_dim"] = "no_channel"
+        else:
+            raise ValueError(
+                f"expected a 3D volume, (X, Y, Z) or channel-first (1, X, Y, Z), got shape {tuple(tensor.shape)}."
+            )
         tensor.meta.setdefault("original_affine", tensor.affine.clone())
         tensor.meta.setdefault("spatial_shape", tuple(tensor.shape[-3:]))
         # the same chain as for files, minus the loader
         after_load = Compose([t for t in self.preprocessing.transforms if not isinstance(t, LoadImaged)])
-        return after_load({self.image_key: tensor})
+        return _run_transforms(after_load, {self.image_key: tensor}, source="the input array")
 
     @torch.no_grad()
     def __call__(self, image, affine: np.ndarray | None = None) -> MetaTensor:
@@ -182,7 +217,9 @@ class Segmenter:
         output_path = Path(output_path)
         label = self(input_path)
         if output_path.suffix.lower() == ".dcm":
-            write_dicom_seg(label, input_path, output_path, segment_names=self.class_names)
+            # the series the reader chose (a folder may hold several), so the SEG references the images segmented
+            series_uid = (label.meta.get("dicom_series_uid") if isinstance(label, MetaTensor) else None) or None
+            write_dicom_seg(label, input_path, output_path, segment_names=self.class_names, series_uid=series_uid)
         else:
             write_label_map(label, output_path)
         return output_path

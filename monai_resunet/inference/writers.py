@@ -19,9 +19,7 @@ so an interrupted or failed run never leaves a half-written output, and an exist
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from monai.data.utils import orientation_ras_lps, to_affine_nd
 from monai.utils import MetaKeys, SpaceKeys
 from pydicom.dataset import Dataset
 
+from monai_resunet.atomic_files import atomic_target, full_suffix
 from monai_resunet.data.array_layout import c_contiguous
 from monai_resunet.data.dicom_series import DicomSeries, read_dicom_series
 from monai_resunet.data.nifti_reader import has_isal, igzip
@@ -44,29 +43,6 @@ LABEL_MAP_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 
 class LabelWriteError(OSError):
     """Writing an output failed; the message names the path and the reason (the target is left untouched)."""
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
-
-
-@contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` (same extension); move it onto ``path`` when the block succeeds.
-
-    The temporary file is removed on any failure, KeyboardInterrupt included.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # hidden, unique, same folder (os.replace is atomic only within a file system), real extension last
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.partial{_suffix(path)}"
-    try:
-        yield tmp
-        with open(tmp, "rb") as fp:  # on disk before the rename, so a crash cannot leave an empty target
-            os.fsync(fp.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _to_numpy(label: Any) -> np.ndarray:
@@ -85,6 +61,9 @@ def _label_and_affine(label: Any, affine: Any, path: Path, need_affine: bool) ->
         aff = _to_numpy(label.affine).astype(np.float64)
         if str(label.meta.get(MetaKeys.SPACE, SpaceKeys.RAS)) == str(SpaceKeys.LPS):
             aff = orientation_ras_lps(aff)  # a reader run with affine_lps_to_ras=False
+        spatial_shape = label.meta.get(MetaKeys.SPATIAL_SHAPE)
+        if spatial_shape is not None and len(spatial_shape) == 2 and aff.shape == (4, 4):
+            aff = to_affine_nd(2, aff)  # MONAI keeps a 4×4 affine for 2D images too; (1, X, Y) is not a volume
     if aff is None and need_affine:
         raise ValueError(f"{path}: the label has no affine (pass a MetaTensor or affine=...); refusing to guess.")
     r = aff.shape[0] - 1 if aff is not None else (3 if arr.ndim >= 3 else 2)
@@ -194,7 +173,7 @@ def write_label_map(label: Any, path: PathLike, affine: Any = None, dtype: Any =
         write_label_map(pred.argmax(0, keepdim=True), "out/case1_seg.nii.gz")
     """
     path = Path(os.fspath(path)).expanduser()
-    suffix = _suffix(path)
+    suffix = full_suffix(path)
     if suffix not in LABEL_MAP_SUFFIXES:
         raise ValueError(
             f"{path}: unsupported label-map format {suffix!r}; use one of {', '.join(LABEL_MAP_SUFFIXES)}."
@@ -204,7 +183,7 @@ def write_label_map(label: Any, path: PathLike, affine: Any = None, dtype: Any =
     if not np.isfinite(aff).all() or abs(np.linalg.det(aff[:-1, :-1])) < 1e-12:
         raise ValueError(f"{path}: the affine is singular or not finite:\n{aff}")
     try:
-        with _atomic_target(path) as tmp:
+        with atomic_target(path) as tmp:
             if suffix in (".nii", ".nii.gz"):
                 _write_nifti(arr, aff, tmp)
             else:
@@ -411,7 +390,7 @@ def write_dicom_seg(
     except Exception as e:
         raise ValueError(f"{path}: highdicom cannot build the segmentation ({type(e).__name__}: {e}).") from e
     try:
-        with _atomic_target(path) as tmp:
+        with atomic_target(path) as tmp:
             seg.save_as(tmp)
     except Exception as e:
         raise LabelWriteError(f"{path}: writing the DICOM-SEG failed ({type(e).__name__}: {e}).") from e

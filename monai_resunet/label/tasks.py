@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from monai.handlers import CheckpointLoader
 from monai.transforms import Spacingd
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.tasks.infer.bundle import BundleInferTask
@@ -186,6 +187,12 @@ class ResUNetTrainTask(BundleTrainTask):
         return super().__call__(request, datastore)
 
     def _load_checkpoint(self, model_pytorch, pretrained, train_handlers):
+        # train_handlers is the bundle config's own list, which MONAI Label 0.8.5 never re-reads: the loader an
+        # earlier request inserted would stay, so a later "pretrained": false (or another model_filename) would be
+        # ignored. Decide afresh for every request.
+        train_handlers[:] = [
+            h for h in train_handlers if not (isinstance(h, dict) and h.get("_target_") == CheckpointLoader.__name__)
+        ]
         # MONAI Label 0.8.5 calls os.path.exists(None) here when pretrained is false
         if pretrained and model_pytorch and os.path.exists(model_pytorch):
             super()._load_checkpoint(model_pytorch, pretrained, train_handlers)

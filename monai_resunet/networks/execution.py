@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from monai_resunet.config_flags import as_bool
+
 __all__ = ["to_channels_last", "cpu_has_bf16", "autocast_cpu_bf16", "configure_execution"]
 
 
@@ -120,8 +122,9 @@ def configure_execution(
 
         net = configure_execution(ResUNet(3, 1, 2), "cpu", channels_last=True, cpu_bf16=cpu_has_bf16())
     """
-    network = to_channels_last(network.to(device), channels_last)
-    network = autocast_cpu_bf16(network, cpu_bf16)
-    if compile:
+    # the flags may come from the command line as "true"/"false" strings (see config_flags)
+    network = to_channels_last(network.to(device), as_bool(channels_last))
+    network = autocast_cpu_bf16(network, as_bool(cpu_bf16))
+    if as_bool(compile):
         network.compile()
     return network

@@ -1,0 +1,133 @@
+"""Training state on disk: the best-model handler (atomic, resumable best score, properties beside the weights),
+the last-state checkpoint's optional keys, the atomic writes' file modes, and command-line boolean flags."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from monai_resunet.atomic_files import atomic_write_bytes
+from monai_resunet.config_flags import as_bool
+from monai_resunet.engines import BestModelCheckpoint, ResumableCheckpoint
+from monai_resunet.networks import configure_execution
+
+
+def scripted_evaluator(scores: list[float]) -> Engine:
+    """An engine that, like MONAI's ``Workflow``, updates ``best_metric``/``best_metric_epoch`` at the end of each
+    epoch before the handlers attached later run; epoch ``k`` scores ``scores[k - 1]``."""
+    engine = Engine(lambda e, batch: None)
+    engine.state.best_metric, engine.state.best_metric_epoch = -1, -1
+    engine.state.key_metric_name = "val_mean_dice"
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def _compare(e):
+        score = scores[e.state.epoch - 1]
+        if e.state.best_metric_epoch == -1 or score > e.state.best_metric:
+            e.state.best_metric, e.state.best_metric_epoch = score, e.state.epoch
+
+    return engine
+
+
+def validate(engine: Engine, epoch: int) -> None:
+    """One validation round as MONAI's ``Evaluator.run(global_epoch)`` does it: the trainer's epoch number."""
+    engine.state.max_epochs, engine.state.epoch, engine.state.iteration = epoch, epoch - 1, 0
+    engine.run([0])
+
+
+def test_best_model_is_saved_with_its_properties_and_survives_a_resume(tmp_path):
+    net = torch.nn.Linear(2, 1)
+    evaluator = scripted_evaluator([0.5, 0.9, 0.7])
+    best = BestModelCheckpoint(str(tmp_path), net, properties={"class_names": ["background", "a"]})
+    best.attach(evaluator)
+    saved_weights = {}
+
+    @evaluator.on(Events.EPOCH_COMPLETED)
+    def _train_a_bit(e):  # attached after the saver: the weights change after each save
+        saved_weights[e.state.epoch] = {k: v.clone() for k, v in net.state_dict().items()}
+        with torch.no_grad():
+            net.weight += 1.0
+
+    for epoch in (1, 2, 3):
+        validate(evaluator, epoch)
+    weights = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert torch.equal(weights["weight"], saved_weights[2]["weight"])  # epoch 2 (0.9) is the best, not epoch 3
+    assert json.loads((tmp_path / "model_properties.json").read_text()) == {"class_names": ["background", "a"]}
+    assert best.state_dict() == {"best_metric": 0.9, "best_metric_epoch": 2}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+    # a resumed run: fresh objects, the best score restored; a worse epoch keeps model.pt, a better one replaces it
+    before = (tmp_path / "model.pt").read_bytes()
+    resumed = scripted_evaluator([0.0, 0.0, 0.0, 0.8, 0.95])
+    net2 = torch.nn.Linear(2, 1)
+    best2 = BestModelCheckpoint(str(tmp_path), net2)
+    best2.attach(resumed)
+    best2.load_state_dict(best.state_dict())
+    validate(resumed, 4)
+    assert (tmp_path / "model.pt").read_bytes() == before  # 0.8 < 0.9
+    validate(resumed, 5)
+    assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], net2.weight)
+    assert best2.state_dict() == {"best_metric": 0.95, "best_metric_epoch": 5}
+
+
+def test_best_model_rank_other_than_zero_writes_nothing(tmp_path):
+    evaluator = scripted_evaluator([0.5])
+    BestModelCheckpoint(str(tmp_path), torch.nn.Linear(2, 1), is_rank0=False).attach(evaluator)
+    validate(evaluator, 1)
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(RuntimeError, match="attach"):
+        BestModelCheckpoint(str(tmp_path), torch.nn.Linear(2, 1)).state_dict()
+
+
+def test_last_state_without_an_optional_key_still_resumes(tmp_path):
+    net = torch.nn.Linear(2, 1)
+    trainer = Engine(lambda e, batch: None)
+    ResumableCheckpoint(str(tmp_path), {"network": net}).attach(trainer)
+    trainer.run([0], max_epochs=2)  # an "older" checkpoint: no best_model entry
+
+    evaluator = scripted_evaluator([0.5])
+    best = BestModelCheckpoint(str(tmp_path), net)
+    best.attach(evaluator)
+    trainer2 = Engine(lambda e, batch: None)
+    save_dict = {"network": torch.nn.Linear(2, 1), "best_model": best}
+    ResumableCheckpoint(str(tmp_path), save_dict, resume=True, optional_keys=["best_model"]).attach(trainer2)
+    trainer2.run([0], max_epochs=3)
+    assert trainer2.state.epoch == 3 and torch.equal(save_dict["network"].weight, net.weight)
+    assert best.state_dict() == {"best_metric": -1.0, "best_metric_epoch": -1}  # fresh
+    assert "best_model" in torch.load(tmp_path / "last_state.pt", weights_only=True)
+
+    strict = Engine(lambda e, batch: None)
+    ResumableCheckpoint(str(tmp_path / "x"), {"network": net}).attach(strict)
+    strict.run([0], max_epochs=1)
+    other = Engine(lambda e, batch: None)
+    ResumableCheckpoint(str(tmp_path / "x"), {"network": net, "optimizer": best}, resume=True).attach(other)
+    with pytest.raises(RuntimeError, match="lacks"):
+        other.run([0], max_epochs=2)
+
+
+def test_atomic_writes_follow_the_umask_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_bytes(tmp_path / "props.json", b"{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # readable by a server running under another account
+
+
+@pytest.mark.parametrize(
+    "value,expected", [("true", True), ("False", False), (" 0 ", False), ("yes", True), (True, True), (0, False)]
+)
+def test_command_line_booleans(value, expected):
+    assert as_bool(value) is expected
+
+
+def test_execution_flags_from_the_command_line_are_not_truthy_strings():
+    net = configure_execution(torch.nn.Linear(2, 1), "cpu", channels_last="false", cpu_bf16="false", compile="false")
+    assert not hasattr(net, "_resunet_bf16_hooks")
+    assert hasattr(configure_execution(torch.nn.Linear(2, 1), "cpu", cpu_bf16="true"), "_resunet_bf16_hooks")
+    with pytest.raises(ValueError, match="boolean"):
+        configure_execution(torch.nn.Linear(2, 1), "cpu", cpu_bf16="flase")
