@@ -125,6 +125,12 @@ BUNDLE2D = REPO / "bundles" / "resunet2d_segmentation" / "configs" / "train.json
 BUNDLE_CONFIGS: dict[str, Path] = {"resunet3d-bundle": BUNDLE3D, "resunet2d-bundle": BUNDLE2D}  # the ResUNet rows
 STRUCTURES: tuple[str, ...] = fetch_colin27.CLASS_NAMES[1:]
 NUM_CLASSES = len(fetch_colin27.CLASS_NAMES)
+# how the reports name the split, by the training hemisphere recorded in dataset.json
+HELD_OUT_SENTENCE = {
+    "left": "trained on the left hemisphere of the Colin27 T1 MRI, scored on its right hemisphere mirrored",
+    "right": "trained on the right hemisphere of the Colin27 T1 MRI (mirrored), scored on its left hemisphere",
+}
+FIGURE_SPLIT = {"left": "left hemisphere → mirrored right hemisphere", "right": "mirrored right → left hemisphere"}
 TARGET_DICE = 0.84
 WARMUP_FRACTION = 0.05  # the bundle's WarmupCosineSchedule: warmup_steps = epochs // 20
 
@@ -191,6 +197,7 @@ class Settings:
     networks: list[str] = field(default_factory=list)
     clock: str = "wall"
     overrides: dict[str, Any] = field(default_factory=dict)  # bundle config entries changed (ResUNet rows only)
+    train_side: str = "left"  # the training hemisphere (dataset.json's conversion), for the reports' wording
 
 
 # --------------------------------------------------------------------------------------------- networks
@@ -731,10 +738,11 @@ def markdown(
             else ""
         ),
         "",
-        "**This measures generalisation within one subject**: trained on the left hemisphere of the Colin27 T1 "
-        "MRI, scored on its right hemisphere mirrored (AAL labels: caudate, putamen, pallidum, thalamus, "
-        "hippocampus, amygdala). It says nothing about other subjects, scanners or pathology. Scores are those "
-        "of the final network; nothing was selected on the held-out image.",
+        "**This measures generalisation within one subject**: "
+        + HELD_OUT_SENTENCE[settings.train_side]
+        + " (AAL labels: caudate, putamen, pallidum, thalamus, hippocampus, amygdala). It says nothing about "
+        "other subjects, scanners or pathology. Scores are those of the final network; nothing was selected on "
+        "the held-out image.",
         "",
         "| " + " | ".join(MD_COLUMNS) + " |",
         "| --- | " + " | ".join("---:" for _ in MD_COLUMNS[1:]) + " |",
@@ -828,7 +836,7 @@ def figure(rows: list[dict[str, Any]], settings: Settings, path: Path, baseline:
     ax.set_xlim(0, max([settings.budget_s] + [r["train_s"] for r in ok]) * 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
-    ax.set_title("Colin27: left hemisphere → mirrored right hemisphere (one subject)")
+    ax.set_title(f"Colin27: {FIGURE_SPLIT[settings.train_side]} (one subject)")
     if overlay is not None:
         dataset = Path(settings.dataset_dir)
         meta = json.loads((dataset / "dataset.json").read_text())
@@ -955,20 +963,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         networks=list(args.networks),
         clock=args.clock,
         overrides=dict(args.override),
+        train_side=fetch_colin27.train_side_of(args.dataset_dir),
     )
 
 
-def _override(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=JSON, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"{key}: {value!r} is not JSON ({e.msg})") from None
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    from monai_resunet.config_flags import add_override_option
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--dataset-dir",
@@ -1000,13 +1001,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="what the budget counts: wall-clock seconds (default), or this process's CPU seconds divided by "
         "--threads, which equals wall time on an idle machine and stays fair when other jobs share the CPU",
     )
-    parser.add_argument(
-        "--override",
-        action="append",
-        default=[],
-        type=_override,
-        metavar="KEY=JSON",
-        help="change a bundle config entry for the ResUNet rows, e.g. network_def#full_res='\"conv\"' or "
+    add_override_option(
+        parser,
+        "change a bundle config entry for the ResUNet rows, e.g. network_def#full_res='\"conv\"' or "
         "learning_rate=2e-3 (repeatable; the report lists them): to try a recipe before it becomes the default",
     )
     parser.add_argument("--list", action="store_true", help="print the networks and exit")

@@ -98,6 +98,10 @@ CLASS_NAMES: tuple[str, ...] = ("background",) + tuple(name for name, _, _ in ST
 DATASET_NAME = "Colin27DeepGrey"
 TRAIN_CASE = "colin27_left"
 TEST_CASE = "colin27_right_mirrored"
+# The hemisphere that is the training image; the other one is held out. "right" is the same split the other way
+# round (the second fold of a two-fold cross-validation on one subject): it gives a second measurement that the
+# default recipe was not chosen on.
+TRAIN_SIDES = ("left", "right")
 DEFAULT_MARGIN = 16
 DEFAULT_IMAGE = "ch2bet.nii.gz"
 CONVERSION_VERSION = 1  # bump when the conversion changes, so cached datasets are rebuilt
@@ -121,9 +125,31 @@ def templates_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return _cache(cache_dir) / TEMPLATES_SUBDIR
 
 
-def default_dataset_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where :func:`main` writes the MSD dataset by default: ``<cache>/Colin27DeepGrey``."""
-    return _cache(cache_dir) / DATASET_NAME
+def default_dataset_dir(cache_dir: str | os.PathLike | None = None, train_side: str = "left") -> Path:
+    """Where :func:`main` writes the MSD dataset by default: ``<cache>/Colin27DeepGrey`` (training on the left
+    hemisphere) or ``<cache>/Colin27DeepGreyTrainRight``."""
+    return _cache(cache_dir) / (DATASET_NAME if train_side == "left" else DATASET_NAME + "TrainRight")
+
+
+def case_names(train_side: str = "left") -> tuple[str, str]:
+    """``(training case, held-out case)`` file stems for ``train_side``."""
+    if train_side not in TRAIN_SIDES:
+        raise ValueError(f"train_side must be one of {TRAIN_SIDES}, got {train_side!r}.")
+    return (TRAIN_CASE, TEST_CASE) if train_side == "left" else (TEST_CASE, TRAIN_CASE)
+
+
+def train_side_of(dataset_dir: str | os.PathLike) -> str:
+    """The training hemisphere recorded in ``dataset_dir``'s ``dataset.json`` (``"left"`` for datasets written
+    before the option existed)."""
+    meta = json.loads((Path(dataset_dir) / "dataset.json").read_text())
+    return meta.get("conversion", {}).get("train_side", "left")
+
+
+def split_description(train_side: str = "left") -> str:
+    """The dataset description's split sentence for ``train_side`` (without its full stop)."""
+    if case_names(train_side)[0] == TRAIN_CASE:
+        return "Training: left hemisphere. Test: right hemisphere mirrored"
+    return "Training: right hemisphere mirrored. Test: left hemisphere"
 
 
 def is_fetched(cache_dir: str | os.PathLike | None = None) -> bool:
@@ -376,6 +402,7 @@ def convert(
     margin: int = DEFAULT_MARGIN,
     image_file: str = DEFAULT_IMAGE,
     force: bool = False,
+    train_side: str = "left",
 ) -> dict[str, Any]:
     """Write the MSD dataset into ``dataset_dir`` from the templates folder; return ``dataset.json``'s content.
 
@@ -388,6 +415,8 @@ def convert(
         margin: voxels added around the structures' bounding box.
         image_file: ``ch2bet.nii.gz`` (skull-stripped, the default) or ``ch2.nii.gz``.
         force: convert even when the output is already there.
+        train_side: the hemisphere that is the training image, ``"left"`` (default) or ``"right"`` (then the
+            mirrored right hemisphere is trained on and the left one is held out; same grid, same box).
 
     Example::
 
@@ -395,11 +424,14 @@ def convert(
     """
     import nibabel as nib
 
+    train_case, test_case = case_names(train_side)
     templates, dataset_dir = Path(templates), Path(dataset_dir)
     settings = {"version": CONVERSION_VERSION, "margin": margin, "image_file": image_file}
     if not force and is_converted(dataset_dir):
         meta = json.loads((dataset_dir / "dataset.json").read_text())
-        if all(meta["conversion"].get(k) == v for k, v in settings.items()):
+        # datasets written before train_side existed trained on the left hemisphere
+        same_side = meta["conversion"].get("train_side", "left") == train_side
+        if same_side and all(meta["conversion"].get(k) == v for k, v in settings.items()):
             return meta
     src_img = nib.as_closest_canonical(nib.load(str(templates / image_file)))
     src_aal = nib.as_closest_canonical(nib.load(str(templates / "aal.nii.gz")))
@@ -408,13 +440,19 @@ def convert(
     image = np.asarray(src_img.dataobj)
     aal = np.asarray(src_aal.dataobj).astype(np.int32)
     parts = split_hemispheres(image, aal, src_img.affine, margin)
+    if train_side == "right":
+        for kind in ("image", "label"):
+            parts[f"train_{kind}"], parts[f"test_{kind}"] = parts[f"test_{kind}"], parts[f"train_{kind}"]
 
     files = {
-        "train_image": f"imagesTr/{TRAIN_CASE}.nii.gz",
-        "train_label": f"labelsTr/{TRAIN_CASE}.nii.gz",
-        "test_image": f"imagesTs/{TEST_CASE}.nii.gz",
-        "test_label": f"labelsTs/{TEST_CASE}.nii.gz",
+        "train_image": f"imagesTr/{train_case}.nii.gz",
+        "train_label": f"labelsTr/{train_case}.nii.gz",
+        "test_image": f"imagesTs/{test_case}.nii.gz",
+        "test_label": f"labelsTs/{test_case}.nii.gz",
     }
+    for stale in dataset_dir.glob("*s*/colin27_*.nii.gz"):  # a previous conversion for the other side
+        if str(stale.relative_to(dataset_dir)) not in files.values():
+            stale.unlink()
     (dataset_dir / "dataset.json").unlink(missing_ok=True)  # written last: its presence means "complete"
     for key, rel in files.items():
         _save(parts[key], parts["affine"], dataset_dir / rel)
@@ -428,7 +466,8 @@ def convert(
         "name": DATASET_NAME,
         "description": (
             "Six deep grey structures (left and right merged) of the Colin27 T1 MRI (skull-stripped ch2bet), "
-            "AAL labels. Training: left hemisphere. Test: right hemisphere mirrored in x onto the same grid. "
+            f"AAL labels. {split_description(train_side)} (the right hemisphere mirrored in x onto the left "
+            "one's grid). "
             "'validation' repeats the training image on purpose: one subject only, and the test image must not "
             "take part in model selection. Measures generalisation within one subject."
         ),
@@ -447,6 +486,7 @@ def convert(
         "test_labels": ["./" + files["test_label"]],
         "conversion": {
             **settings,
+            "train_side": train_side,
             "source_shape": list(image.shape),
             "source_affine": np.asarray(src_img.affine).round(6).tolist(),
             "midline_voxel_x": parts["midline"],
@@ -471,6 +511,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dataset-dir", default=None, help="MSD output folder (default: <cache>/Colin27DeepGrey)")
     parser.add_argument("--margin", type=int, default=DEFAULT_MARGIN, help="voxels around the structures' box")
     parser.add_argument("--image", default=DEFAULT_IMAGE, choices=["ch2bet.nii.gz", "ch2.nii.gz"])
+    parser.add_argument(
+        "--train-side",
+        default="left",
+        choices=TRAIN_SIDES,
+        help="training hemisphere (default left); right: train on the mirrored right one, hold out the left one "
+        "(default folder <cache>/Colin27DeepGreyTrainRight)",
+    )
     parser.add_argument("--no-fetch", action="store_true", help="never download; fail if the cache is empty")
     parser.add_argument("--force", action="store_true", help="convert again even if the dataset is there")
     args = parser.parse_args(argv)
@@ -479,8 +526,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{templates_dir(args.cache_dir)}: not fetched (run without --no-fetch)", file=sys.stderr)
         return 1
     templates = fetch(args.cache_dir)
-    dataset_dir = Path(args.dataset_dir).expanduser() if args.dataset_dir else default_dataset_dir(args.cache_dir)
-    meta = convert(templates, dataset_dir, margin=args.margin, image_file=args.image, force=args.force)
+    default_dir = default_dataset_dir(args.cache_dir, args.train_side)
+    dataset_dir = Path(args.dataset_dir).expanduser() if args.dataset_dir else default_dir
+    meta = convert(
+        templates, dataset_dir, margin=args.margin, image_file=args.image, force=args.force, train_side=args.train_side
+    )
     conv = meta["conversion"]
     print(f"source templates : {templates}")
     print(f"MSD dataset      : {dataset_dir}")

@@ -13,7 +13,8 @@ recipe is never pooled with the default. Each argument is a run's output folder 
 that file itself, optionally ``=TAG``: every row of that run is then named ``network (TAG)`` instead of by its
 overrides — a recipe changed in the config rather than by ``--override`` (``...=learning_rate 2e-3``), or a short
 name — and an empty tag (``.../run=``) names the rows by their network alone, for a run whose override has since
-become the bundle default. Standard library only.
+become the bundle default. Runs of the reversed split (``fetch_colin27.py --train-side right``: trained on the
+right hemisphere) form recipes of their own, marked ``[right → other hemisphere]``. Standard library only.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
                 recipe = f"{row['network']} ({tag})" if tag else row["network"]
             else:
                 recipe = recipe_of(row["network"], overrides)
+            if settings.get("train_side", "left") != "left":  # the other split: never pooled with the default one
+                recipe += f" [{settings['train_side']} → other hemisphere]"
             run_info = {"seed": settings.get("seed"), "overrides": overrides, "source": str(path), "recipe": recipe}
             rows.append({**row, **run_info})
     return rows

@@ -8,6 +8,7 @@ cached Colin27 (``python pipelines/fetch_colin27.py``) and skip when it is absen
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -170,6 +171,35 @@ def test_convert_writes_an_msd_dataset_the_bundle_reads(tmp_path):
     assert (out / "dataset.json").stat().st_mtime_ns == stamp
 
 
+def test_convert_the_other_way_round_trains_on_the_right_hemisphere(tmp_path):
+    """train_side="right" swaps the roles on the same grid: the mirrored right hemisphere is trained on, the left
+    one held out; converting the folder back to "left" leaves no file of the other split behind."""
+    image, aal, affine = fake_volumes()
+    templates = write_templates(tmp_path / "templates", image, aal, affine)
+    out = tmp_path / "msd"
+    meta = fetch.convert(templates, out, margin=2, train_side="right")
+    assert meta["training"][0]["image"] == "./imagesTr/colin27_right_mirrored.nii.gz"
+    assert meta["test_labels"] == ["./labelsTs/colin27_left.nii.gz"]
+    assert fetch.train_side_of(out) == "right" and "Training: right hemisphere mirrored" in meta["description"]
+    parts = fetch.split_hemispheres(image, aal, affine, margin=2)
+    train = nib.load(str(out / meta["training"][0]["image"]))
+    test_label = nib.load(str(out / meta["test_labels"][0]))
+    np.testing.assert_allclose(np.asarray(train.dataobj), parts["test_image"], rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(test_label.dataobj), parts["train_label"])
+    np.testing.assert_allclose(train.affine, parts["affine"], atol=1e-5)
+    assert meta["conversion"]["label_voxels"]["test"]["caudate"] == int((parts["train_label"] == 1).sum())
+
+    back = fetch.convert(templates, out, margin=2)  # the other side: converted again, not reused
+    assert fetch.train_side_of(out) == "left" and back["training"][0]["image"].endswith("colin27_left.nii.gz")
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("*/*.nii.gz")) == [
+        "imagesTr/colin27_left.nii.gz", "imagesTs/colin27_right_mirrored.nii.gz",
+        "labelsTr/colin27_left.nii.gz", "labelsTs/colin27_right_mirrored.nii.gz",
+    ]  # fmt: skip
+    assert fetch.default_dataset_dir(tmp_path, "right") != fetch.default_dataset_dir(tmp_path)
+    with pytest.raises(ValueError, match="train_side"):
+        fetch.case_names("both")
+
+
 def test_convert_reorients_a_left_pointing_source(tmp_path):
     """The same atlas stored with x flipped (LAS) converts to the same dataset: the midline comes from the
     affine, after reorientation to RAS."""
@@ -212,6 +242,9 @@ def test_lr_schedule_and_reports(tmp_path):
                "date": "today", "load_average_at_start": [0.0, 0.0, 0.0]}  # fmt: skip
     text = bench.write_reports(rows, machine, settings, tmp_path)
     assert "generalisation within one subject" in text and "Test CPU" in text and "1 min" in text
+    assert "trained on the left hemisphere" in text
+    swapped = bench.markdown(rows, machine, dataclasses.replace(settings, train_side="right"))
+    assert "trained on the right hemisphere of the Colin27 T1 MRI (mirrored), scored on its left" in swapped
     header = next(line for line in text.splitlines() if line.startswith("| network | params"))
     assert [c.strip() for c in header.strip("|").split("|")] == list(bench.MD_COLUMNS)
     assert "| dynunet | 123 | 10 | 61 | 0.900 | 2.0* | 30 |" in text
@@ -355,13 +388,15 @@ def test_colin27_quick_benchmark(colin27_dataset, tmp_path):
     print(f"quick benchmark: {elapsed:.0f} s")  # ~30 s on 2 shared cores; designed to stay under a minute
 
 
-def _write_run(folder: Path, seed: int, rows: list[tuple[str, float]], overrides: dict | None = None) -> Path:
+def _write_run(
+    folder: Path, seed: int, rows: list[tuple[str, float]], overrides: dict | None = None, **extra_settings
+) -> Path:
     results = [
         {"network": name, "mean_dice": dice, "dice": {"caudate": dice + 0.01, "amygdala": dice - 0.01}, "error": ""}
         for name, dice in rows
     ]
     folder.mkdir(parents=True)
-    settings = {"seed": seed, "overrides": overrides or {}}
+    settings = {"seed": seed, "overrides": overrides or {}, **extra_settings}
     (folder / "colin27_curves.json").write_text(json.dumps({"settings": settings, "results": results}))
     return folder
 
@@ -380,10 +415,12 @@ def test_seed_summary_pools_runs_per_recipe(tmp_path, capsys):
     (b / "colin27_curves.json").write_text(json.dumps(failed))
 
     peers = _write_run(tmp_path / "peers", 7, [("monai-unet-ref", 0.88)])  # a recipe changed in the config
-    runs = [a, b, tried, f"{old}=", f"{peers}=lr 2e-3"]
+    right = _write_run(tmp_path / "right", 7, [("resunet3d-bundle", 0.70)], train_side="right")  # the other split
+    runs = [a, b, tried, f"{old}=", f"{peers}=lr 2e-3", f"{right}="]
     entries = {e["recipe"]: e for e in summarise.summarise(summarise.load_runs(runs))}
     assert set(entries) == {
-        "resunet3d-bundle", "monai-unet-ref", "resunet3d-bundle (learning_rate=0.002)", "monai-unet-ref (lr 2e-3)"
+        "resunet3d-bundle", "monai-unet-ref", "resunet3d-bundle (learning_rate=0.002)", "monai-unet-ref (lr 2e-3)",
+        "resunet3d-bundle [right → other hemisphere]",
     }  # fmt: skip
     res = entries["resunet3d-bundle"]
     assert res["runs"] == [(123, 0.84), (7, 0.86), (42, 0.85)]
