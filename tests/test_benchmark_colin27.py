@@ -276,9 +276,11 @@ def test_two_voxel_periodicity_tells_checkerboards_from_smooth_maps():
 
 
 def test_overrides_reach_the_bundle_rows_and_the_report(tmp_path):
+    (tmp_path / "dataset.json").write_text(json.dumps({"conversion": {"train_side": "left"}}))  # no cache needed
     args = bench.parse_args(
-        ["--override", 'network_def#full_res="conv"', "--override", "learning_rate=2e-3", "--out", str(tmp_path)]
-    )
+        ["--override", 'network_def#full_res="conv"', "--override", "learning_rate=2e-3", "--out", str(tmp_path),
+         "--dataset-dir", str(tmp_path)]
+    )  # fmt: skip
     assert args.override == [("network_def#full_res", "conv"), ("learning_rate", 0.002)]
     child = bench._child_command("resunet3d-bundle", args, tmp_path / "r.json")
     assert bench.parse_args(child[2:]).override == args.override  # forwarded to the per-network process
