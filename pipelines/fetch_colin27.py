@@ -2,7 +2,7 @@
 """Fetch the Colin27 T1 MRI and the AAL atlas from Debian's ``mricron-data`` package and convert them into a
 small Medical Segmentation Decathlon (MSD) dataset of six deep grey structures that the 3D bundle reads directly.
 
-What it is for: a real, freely redistributable, reproducible data set for ``pipelines/benchmark_colin27.py``
+What it is for: a real, freely redistributable, reproducible data set for ``pipelines/benchmarks/colin27.py``
 (and anyone who wants to see the bundles learn real anatomy on a CPU). There is only one subject, so the two
 hemispheres play the roles of training and test image:
 

@@ -116,3 +116,54 @@ def test_fused_resampling_keeps_alignment_and_cached_indices():
             assert agree.mean() > 0.97  # bilinear image, nearest label: they may differ on the boundary only
     with pytest.raises(ValueError, match="3D"):
         segmentation_augmentation(patch_size=(16, 16), slice_axis=2, resample_from_volume=True)
+
+
+def _describe(obj, depth: int = 0):
+    """A transform's type and public settings, recursively (random states and cached draws left out)."""
+    if isinstance(obj, (list, tuple)):
+        return [_describe(x, depth + 1) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _describe(v, depth + 1) for k, v in obj.items()}
+    if depth > 4 or not hasattr(obj, "__dict__") or isinstance(obj, (torch.Tensor, np.ndarray, type)):
+        return repr(obj)
+    if callable(obj) and hasattr(obj, "__name__"):
+        return obj.__name__
+    skip = {"R", "_do_transform", "_rand_k", "x", "factor", "_offset", "rand_affine_grid"}
+    return (type(obj).__name__, {k: _describe(v, depth + 1) for k, v in vars(obj).items() if k not in skip})
+
+
+@pytest.mark.parametrize("name", ["resunet3d_segmentation", "resunet2d_segmentation"])
+def test_bundle_lists_and_python_builders_agree(name, tmp_path):
+    """The bundles list their transforms in train.json; the Python builders scripts use must build the same."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    from monai_resunet.transforms import segmentation_preprocessing
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).parent.parent / "bundles" / name / "configs" / "train.json"))
+    parser.update({"use_plan": False, "modality": "CT", "class_names": ["a", "b", "c"], "num_neighbours": 1})
+    values = {k: parser.get_parsed_content(k) for k in ("pixdim", "ct_window", "patch_size", "num_samples")}
+    common = dict(pixdim=values["pixdim"], modality="CT", ct_window=values["ct_window"],
+                  reader=parser.get_parsed_content("image_reader"))  # fmt: skip
+    if name.startswith("resunet2d"):
+        pre = segmentation_preprocessing(pad_size=parser.get_parsed_content("pad_size"), slice_axis=2, num_neighbours=1,
+                                         **common)  # fmt: skip
+        aug = segmentation_augmentation(patch_size=values["patch_size"], num_classes=3,
+                                        num_samples=values["num_samples"], slice_axis=2)  # fmt: skip
+    else:
+        pre = segmentation_preprocessing(pad_size=values["patch_size"], **common)
+        aug = segmentation_augmentation(
+            patch_size=values["patch_size"], num_classes=3, num_samples=values["num_samples"]
+        )
+    listed = parser.get_parsed_content("train#deterministic_transforms") + parser.get_parsed_content(
+        "train#random_transforms"
+    )
+    built = pre + aug
+    assert [type(t).__name__ for t in listed] == [type(t).__name__ for t in built]
+    for ours, theirs in zip(listed, built):
+        assert _describe(ours) == _describe(theirs), type(ours).__name__
+    assert [type(r).__name__ for r in listed[0]._loader.readers][-3:] == [
+        "FastNibabelReader", "SimpleITKReader", "DicomSeriesReader"
+    ]  # the last registered is tried first: the DICOM series reader, then ours by suffix, then MONAI's  # fmt: skip

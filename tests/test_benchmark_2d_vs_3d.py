@@ -1,22 +1,20 @@
-"""``pipelines/benchmark_2d_vs_3d.py``: both bundles' real inference paths on one small synthetic volume, each in its
-own process, and a report with a row per bundle (random weights, so no Dice)."""
+"""``python -m pipelines.benchmarks.bundle_2d_vs_3d``: both bundles' real inference paths on one small synthetic
+volume, each in its own process, and a report with a row per bundle (random weights, so no Dice)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # the benchmarks run from the repository root: python -m pipelines.benchmarks.NAME
+    sys.path.insert(0, str(REPO))
+
+from pipelines.benchmarks import bundle_2d_vs_3d as module  # noqa: E402
 
 
 def test_both_bundles_run_and_report(tmp_path):
-    spec = importlib.util.spec_from_file_location("benchmark_2d_vs_3d", REPO / "pipelines" / "benchmark_2d_vs_3d.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-
     rows = module.main(["--shape", "40", "36", "24", "--classes", "3", "--threads", "1", "--out", str(tmp_path)])
     assert set(rows) == {"3D sliding window", "2D slice-wise"}
     for name, row in rows.items():

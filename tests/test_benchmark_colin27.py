@@ -1,15 +1,15 @@
-"""Tests of the Colin27 benchmark pipeline: ``pipelines/fetch_colin27.py`` (conversion into an MSD dataset) and
-``pipelines/benchmark_colin27.py`` (time-budgeted training, held-out scores, reports).
+"""Tests of the Colin27 benchmark pipeline: ``pipelines/fetch_colin27.py`` (conversion into an MSD dataset),
+``pipelines/benchmarks/colin27.py`` (time-budgeted training, held-out scores, reports) and ``colin27_seeds.py``.
 
-The conversion and report tests use a small synthetic "AAL" volume and always run. The real-data tests use the
-cached Colin27 (``python pipelines/fetch_colin27.py``) and skip when it is absent: nothing is downloaded here.
+The conversion and report tests use a small synthetic "AAL" volume and always run. The real-data tests are marked
+``realdata`` (``.ci/run`` runs them after ``python pipelines/fetch_colin27.py``) and skip when the cache is absent:
+nothing is downloaded here.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
-import importlib.util
 import json
 import sys
 import time
@@ -20,20 +20,13 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PIPELINES = REPO / "pipelines"
+if str(REPO) not in sys.path:  # pipelines/ is run from the repository root: python -m pipelines.benchmarks.colin27
+    sys.path.insert(0, str(REPO))
 
-
-def load_script(name: str):
-    # pipelines/ is a folder of scripts, not a package: load the file as a module
-    spec = importlib.util.spec_from_file_location(name, PIPELINES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-fetch = load_script("fetch_colin27")
-bench = load_script("benchmark_colin27")
+from pipelines import fetch_colin27 as fetch  # noqa: E402
+from pipelines.benchmarks import colin27 as bench  # noqa: E402
+from pipelines.benchmarks import colin27_seeds as summarise  # noqa: E402
+from pipelines.benchmarks.common import machine_info  # noqa: E402
 
 COLIN_FETCHED = fetch.is_fetched()
 needs_colin27 = pytest.mark.skipif(
@@ -238,8 +231,7 @@ def test_lr_schedule_and_reports(tmp_path):
          "curve": [{"train_s": 30.5, "mean_dice": 0.85}, {"train_s": 61.0, "mean_dice": 0.9}], "error": ""},
         {"network": "basicunet", "error": "RuntimeError: out of memory"},
     ]  # fmt: skip
-    machine = {"cpu": "Test CPU", "cores": 2, "python": "3", "torch": "t", "monai": "m", "monai_resunet": "r",
-               "date": "today", "load_average_at_start": [0.0, 0.0, 0.0]}  # fmt: skip
+    machine = machine_info(threads=2) | {"cpu": "Test CPU"}
     text = bench.write_reports(rows, machine, settings, tmp_path)
     assert "generalisation within one subject" in text and "Test CPU" in text and "1 min" in text
     assert "trained on the left hemisphere" in text
@@ -283,7 +275,8 @@ def test_overrides_reach_the_bundle_rows_and_the_report(tmp_path):
     )  # fmt: skip
     assert args.override == [("network_def#full_res", "conv"), ("learning_rate", 0.002)]
     child = bench._child_command("resunet3d-bundle", args, tmp_path / "r.json")
-    assert bench.parse_args(child[2:]).override == args.override  # forwarded to the per-network process
+    assert child[1:3] == ["-m", "pipelines.benchmarks.colin27"]
+    assert bench.parse_args(child[3:]).override == args.override  # forwarded to the per-network process
     parser = bench._bundle_parser(bench.BUNDLE3D, str(tmp_path), dict(args.override))
     assert parser["network_def"]["full_res"] == "conv" and parser.get_parsed_content("learning_rate") == 0.002
     with pytest.raises(KeyError, match="no such entry"):
@@ -291,9 +284,7 @@ def test_overrides_reach_the_bundle_rows_and_the_report(tmp_path):
     with pytest.raises(SystemExit):
         bench.parse_args(["--override", "learning_rate=fast"])  # not JSON
     settings = bench.settings_from_args(args)
-    machine = {"cpu": "c", "cores": 2, "python": "3", "torch": "t", "monai": "m", "monai_resunet": "r",
-               "date": "d", "load_average_at_start": [0.0, 0.0, 0.0]}  # fmt: skip
-    text = bench.markdown([], machine, settings)
+    text = bench.markdown([], machine_info(threads=2), settings)
     assert 'Not the bundle default**: the ResUNet rows ran with `network_def#full_res="conv"`' in text
 
 
@@ -307,6 +298,7 @@ def colin27_dataset(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.realdata
 @needs_colin27
 def test_colin27_conversion(colin27_dataset):
     meta = json.loads((colin27_dataset / "dataset.json").read_text())
@@ -342,6 +334,7 @@ def test_colin27_conversion(colin27_dataset):
     assert train_data.dtype == np.uint8 and (train_data[train_lab > 0] > 0).all()
 
 
+@pytest.mark.realdata
 @needs_colin27
 @pytest.mark.timeout(300)
 def test_colin27_quick_benchmark(colin27_dataset, tmp_path):
@@ -407,7 +400,6 @@ def test_seed_summary_pools_runs_per_recipe(tmp_path, capsys):
     """Runs of one recipe over seeds are pooled (mean, sample SD); an override makes another recipe, unless an
     empty tag says it is the default since; a tag names every row of its run; a failed row is left out; bad input
     is named."""
-    summarise = load_script("summarise_colin27_seeds")
     a = _write_run(tmp_path / "s123", 123, [("resunet3d-bundle", 0.84), ("monai-unet-ref", 0.85)])
     b = _write_run(tmp_path / "s7", 7, [("resunet3d-bundle", 0.86), ("monai-unet-ref", 0.83)])
     tried = _write_run(tmp_path / "lr", 7, [("resunet3d-bundle", 0.90)], {"learning_rate": 0.002})
@@ -441,4 +433,4 @@ def test_seed_summary_pools_runs_per_recipe(tmp_path, capsys):
     assert "missing: no colin27_curves.json" in capsys.readouterr().err
     (tmp_path / "broken.json").write_text("{")
     assert summarise.main([str(tmp_path / "broken.json")]) == 2
-    assert "broken.json: not a benchmark_colin27.py result" in capsys.readouterr().err
+    assert "broken.json: not a pipelines.benchmarks.colin27 result" in capsys.readouterr().err

@@ -1,26 +1,19 @@
-"""Smoke tests of ``pipelines/benchmark_networks.py``: a --quick run writes a well-formed table, and a case that
+"""Smoke tests of ``python -m pipelines.benchmarks.networks``: a --quick run writes a well-formed table, and a case that
 fails is recorded as that row's error instead of ending the run."""
 
 from __future__ import annotations
 
 import csv
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SCRIPT = REPO / "pipelines" / "benchmark_networks.py"
+if str(REPO) not in sys.path:  # the benchmarks run from the repository root: python -m pipelines.benchmarks.networks
+    sys.path.insert(0, str(REPO))
 
-
-def load_script():
-    # pipelines/ is a folder of scripts, not a package: load the file as a module
-    spec = importlib.util.spec_from_file_location("benchmark_networks", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+from pipelines.benchmarks import networks as bench  # noqa: E402
 
 
 def read_outputs(bench, out: Path) -> tuple[dict[str, dict], str]:
@@ -47,7 +40,6 @@ def test_quick_run_writes_table_and_records_failures(tmp_path):
     # at every tiny convolution), so it stays fast; 2D at 32²: the default ResUNet trains there, FlexibleUNet/
     # resnet34 down-samples 32× to 1×1, where batch norm cannot train with batch 1 - its forward row is kept
     # and its fwd+bwd becomes the row's error.
-    bench = load_script()
     argv = ["--quick", "--in-process", "--threads", "1", "--dims", "2", "--size-2d", "32",
             "--models", "resunet", "flexible*", "--out", str(tmp_path), "--no-progress"]  # fmt: skip
     rows = bench.main(argv)
@@ -71,7 +63,6 @@ def test_quick_run_writes_table_and_records_failures(tmp_path):
 @pytest.mark.slow
 def test_quick_run_in_fresh_processes(tmp_path):
     # the real path: one fresh interpreter per case (~5 s of imports each on an idle machine)
-    bench = load_script()
     rows = bench.main(["--quick", "--threads", "1", "--dims", "2", "--size-2d", "32", "--models", "resunet",
                        "--out", str(tmp_path), "--no-progress"])  # fmt: skip
     assert len(rows) == 1

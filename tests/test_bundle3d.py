@@ -95,6 +95,113 @@ def test_inference_network_matches_training_network():
     assert train == infer
 
 
+# preprocessing#transforms ids 0-5, the same in both bundles' inference.json, evaluate.json (preprocessing) and
+# train.json (train#deterministic_transforms); the bundle README's table lists them
+PRE_STEPS = [
+    "LoadImageBySuffixd",
+    "EnsureChannelFirstd",
+    "Orientationd",
+    "CropForegroundd",
+    "SlabSpacingd",
+    "NormalizeByModalityd",
+]
+BUNDLE_NAMES = [NAME, "resunet2d_segmentation"]
+
+
+def bundle_config(name: str, config: str) -> dict:
+    return json.loads((REPO / "bundles" / name / "configs" / config).read_text())
+
+
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_pipelines_are_transform_lists_with_the_documented_ids(name):
+    lists = {
+        "inference.json": bundle_config(name, "inference.json")["preprocessing"]["transforms"],
+        "evaluate.json": bundle_config(name, "evaluate.json")["preprocessing"]["transforms"],
+        "train.json": bundle_config(name, "train.json")["train"]["deterministic_transforms"],
+    }
+    for config, steps in lists.items():
+        assert [step["_target_"].rpartition(".")[2] for step in steps[:6]] == PRE_STEPS, config
+    train = bundle_config(name, "train.json")["train"]
+    assert isinstance(train["random_transforms"], list) and all("_target_" in t for t in train["random_transforms"])
+    for config in ("train.json", "inference.json", "evaluate.json"):
+        text = (REPO / "bundles" / name / "configs" / config).read_text()
+        assert "segmentation_preprocessing" not in text and "segmentation_augmentation" not in text, config
+
+
+def _spacing_after(config_overrides: dict, image: Path, tmp_path: Path, entry: str = "preprocessing") -> list[float]:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / NAME / "configs" / "inference.json"))
+    values = {"bundle_root": str(tmp_path), "modality": "MR", "pixdim": [1.0, 1.0, 1.0], "ct_window": [-175, 250]}
+    for key, value in {**values, **config_overrides}.items():
+        parser[key] = value
+    out = parser.get_parsed_content(entry)({"image": str(image)})["image"]
+    return [round(float(x), 4) for x in out.pixdim]
+
+
+def test_one_preprocessing_step_is_overridden_by_id(tmp_path, msd_dataset):
+    """``--preprocessing#transforms#4#pixdim "[1.5,1.5,2]"``, as a zoo bundle allows: that step changes, alone."""
+    from monai.bundle import ConfigParser
+
+    from monai_resunet.transforms import SlabSpacingd
+
+    image = sorted((msd_dataset / "imagesTs").glob("*.nii.gz"))[0]
+    assert _spacing_after({}, image, tmp_path) == [1.0, 1.0, 1.0]
+    assert _spacing_after({"preprocessing#transforms#4#pixdim": [1.5, 1.5, 2.0]}, image, tmp_path) == [1.5, 1.5, 2.0]
+    # in training, the deterministic steps are shared with validation (%train#deterministic_transforms)
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / NAME / "configs" / "train.json"))
+    parser["dataset_dir"] = str(msd_dataset)
+    parser["train#deterministic_transforms#4#pixdim"] = [2.0, 2.0, 2.0]
+    for entry in ("train#preprocessing", "validate#preprocessing"):
+        spacing = parser.get_parsed_content(entry).transforms[4]
+        assert isinstance(spacing, SlabSpacingd) and list(spacing.spacing_transform.pixdim) == [2.0, 2.0, 2.0], entry
+    # a step is switched off by id (no body crop: the output keeps the whole field of view)
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / NAME / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(tmp_path), "modality": "MR", "ct_window": [-175, 250], "pixdim": [1.0, 1.0, 1.0]})
+    parser["preprocessing#transforms#3#_disabled_"] = True
+    names = [type(t).__name__ for t in parser.get_parsed_content("preprocessing").transforms]
+    assert names[:4] == ["LoadImageBySuffixd", "EnsureChannelFirstd", "Orientationd", "SlabSpacingd"]
+
+
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_evaluate_scores_what_inference_deploys(name, msd_dataset, tmp_path):
+    """evaluate.json (on top of train.json) carries inference.json's inferer, pre-processing of the image and
+    post-processing (less the file writer), and adds the one-hot step the metrics need."""
+    from monai.bundle import ConfigParser
+    from monai.inferers import SliceInferer
+
+    from monai_resunet.inference import MirrorInferer, SlabArgmaxInferer
+    from monai_resunet.transforms import InvertLabelMapd
+
+    inference, evaluate = bundle_config(name, "inference.json"), bundle_config(name, "evaluate.json")
+    for key in ("window_inferer", "mirror_axes", "inferer", "image_key", "cpu_bf16"):
+        assert evaluate[key] == inference[key], key
+    assert inference["postprocessing"]["transforms"][-1] == "@saver"
+    assert evaluate["postprocessing"]["transforms"] == inference["postprocessing"]["transforms"][:-1]
+    pre, deployed = evaluate["preprocessing"]["transforms"], inference["preprocessing"]["transforms"]
+    assert pre[2:] == deployed[2:]  # the image's steps; the label is only loaded, channel first, on its own grid
+    assert [{k: v for k, v in t.items() if k != "keys"} for t in pre[:2]] == [
+        {k: v for k, v in t.items() if k != "keys"} for t in deployed[:2]
+    ]
+    assert evaluate["validate#inferer"] == "@inferer" and evaluate["validate#preprocessing"] == "@preprocessing"
+
+    configs = [str(REPO / "bundles" / name / "configs" / c) for c in ("train.json", "evaluate.json")]
+    for mirror_axes in ([], [0]):
+        parser = ConfigParser()
+        parser.read_config(configs)
+        parser.update({"dataset_dir": str(msd_dataset), "bundle_root": str(tmp_path), "mirror_axes": mirror_axes})
+        inferer = parser.get_parsed_content("validate#inferer")
+        window = SlabArgmaxInferer if name == NAME else SliceInferer
+        assert isinstance(inferer, MirrorInferer if mirror_axes else window)
+        post = parser.get_parsed_content("validate#postprocessing").transforms
+        assert post[0] is parser.get_parsed_content("postprocessing")
+        if name == NAME:
+            assert [type(t) for t in post[0].transforms] == [InvertLabelMapd]
+
+
 def test_train_evaluate_infer_workflows(bundle3d, msd_dataset):
     overrides = {**FAST_3D, "dataset_dir": str(msd_dataset), "epochs": 1}
     train = workflow(bundle3d, ["train.json"], "train", **overrides)
@@ -121,6 +228,23 @@ def test_train_evaluate_infer_workflows(bundle3d, msd_dataset):
     assert len(raw) >= 2  # header + one row per validation case
     for name in ("val_hd95_summary.csv", "val_surface_distance_summary.csv", "metrics.csv"):
         assert (bundle3d / "eval" / name).is_file()
+    # evaluate.json scores what inference.json deploys: each case's Dice is that of the Segmenter's label map (built
+    # from inference.json) against the label file, on the input's own grid
+    from monai.metrics import compute_dice
+    from monai.networks.utils import one_hot
+
+    from monai_resunet.inference.segmenter import Segmenter
+
+    seg = Segmenter.from_bundle(
+        bundle3d, device="cpu", **{k: v for k, v in FAST_3D.items() if k.startswith("network_def")}
+    )
+    for row in (line.split(",") for line in raw[1:]):
+        truth = torch.as_tensor(np.asarray(nib.load(row[0].replace("imagesTr", "labelsTr")).dataobj))
+        pred = seg(row[0])
+        dice = compute_dice(
+            one_hot(pred[None].long(), 3), one_hot(truth[None, None].long(), 3), include_background=False
+        )
+        np.testing.assert_allclose(dice[0].numpy(), [float(v) for v in row[1:3]], atol=1e-5)
 
     out = bundle3d / "predictions"
     infer = workflow(

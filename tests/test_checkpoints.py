@@ -4,6 +4,7 @@ the last-state checkpoint's optional keys, the atomic writes' file modes, and co
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 
@@ -14,6 +15,8 @@ from ignite.engine import Engine, Events
 from monai_resunet.atomic_files import atomic_write_bytes
 from monai_resunet.config_flags import as_bool
 from monai_resunet.engines import BestModelCheckpoint, ResumableCheckpoint
+from monai_resunet.engines import checkpoint as checkpoint_module
+from monai_resunet.model_properties import WeightsMismatchError, file_sha256, read_model_properties
 from monai_resunet.networks import configure_execution
 
 
@@ -56,7 +59,8 @@ def test_best_model_is_saved_with_its_properties_and_survives_a_resume(tmp_path)
         validate(evaluator, epoch)
     weights = torch.load(tmp_path / "model.pt", weights_only=True)
     assert torch.equal(weights["weight"], saved_weights[2]["weight"])  # epoch 2 (0.9) is the best, not epoch 3
-    assert json.loads((tmp_path / "model_properties.json").read_text()) == {"class_names": ["background", "a"]}
+    props = json.loads((tmp_path / "model_properties.json").read_text())
+    assert props == {"class_names": ["background", "a"], "weights_sha256": file_sha256(tmp_path / "model.pt")}
     assert best.state_dict() == {"best_metric": 0.9, "best_metric_epoch": 2}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
 
@@ -72,6 +76,52 @@ def test_best_model_is_saved_with_its_properties_and_survives_a_resume(tmp_path)
     validate(resumed, 5)
     assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], net2.weight)
     assert best2.state_dict() == {"best_metric": 0.95, "best_metric_epoch": 5}
+
+
+def test_kill_between_the_two_renames_is_detected_and_repaired_on_resume(tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    props = {"class_names": ["background", "liver"]}
+    evaluator = scripted_evaluator([0.5, 0.9])
+    best = BestModelCheckpoint(str(models), torch.nn.Linear(2, 1), properties=props)
+    best.attach(evaluator)
+    validate(evaluator, 1)
+    assert read_model_properties(tmp_path, "class_names") == ["background", "liver"]  # a matching pair
+
+    def killed(*args, **kwargs):  # the process dies after model.pt's rename, before the properties' rename
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(checkpoint_module, "write_model_properties", killed)
+    with torch.no_grad():
+        best.network.weight += 1.0
+    with pytest.raises(KeyboardInterrupt):
+        validate(evaluator, 2)
+    monkeypatch.undo()
+    with pytest.raises(WeightsMismatchError, match="model.pt is not the weights file .*model_properties.json"):
+        read_model_properties(tmp_path)  # new weights beside old properties: refused, not paired
+
+    resumed = scripted_evaluator([0.1])
+    best2 = BestModelCheckpoint(str(models), torch.nn.Linear(2, 1), properties=props)
+    best2.attach(resumed)
+    best2.load_state_dict({"best_metric": 0.5, "best_metric_epoch": 1})  # what last_state.pt held
+    assert read_model_properties(tmp_path)["weights_sha256"] == file_sha256(models / "model.pt")
+    assert not best2.repair_pair()  # a matching pair is left alone
+
+
+def test_resumed_from_is_logged_by_rank_0_only(tmp_path, caplog):
+    net = torch.nn.Linear(2, 1)
+    first = Engine(lambda e, batch: None)
+    ResumableCheckpoint(str(tmp_path), {"network": net}).attach(first)
+    first.run([0], max_epochs=1)
+    lines = []
+    for rank0 in (True, False):  # two DDP ranks: every rank loads, one logs
+        engine = Engine(lambda e, batch: None)
+        ResumableCheckpoint(str(tmp_path), {"network": net}, resume=True, is_rank0=rank0).attach(engine)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="monai_resunet"):
+            engine.run([0], max_epochs=2)
+        lines.append([r.getMessage() for r in caplog.records if "resumed from" in r.getMessage()])
+        assert engine.state.epoch == 2
+    assert len(lines[0]) == 1 and lines[1] == []
 
 
 def test_best_model_rank_other_than_zero_writes_nothing(tmp_path):

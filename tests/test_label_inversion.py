@@ -119,3 +119,48 @@ def test_bundle_infers_labels_slab_by_slab_like_the_score_path(tmp_path, msd_dat
     # the same model-grid labels; only the way back differs (nearest labels vs bilinear probabilities), which
     # moves boundary voxels of this random network only
     assert (old.as_tensor().to(torch.uint8) == label.as_tensor()).float().mean() > 0.8
+
+
+def _untrained_bundle(tmp_path, modality: str):
+    """A copy of the 3D bundle with a small random network as its weights (no training needed for geometry)."""
+    bundle = copy_bundle("resunet3d_segmentation", tmp_path)
+    torch.manual_seed(0)
+    weights = ResUNet(3, 1, 3, features=(8, 16, 32), encoder_blocks=1, norm=("instance", {"affine": True}),
+                      act=("leakyrelu", {"negative_slope": 0.01, "inplace": True}), downsample="conv",
+                      upsample="deconv", stem_stride=2, full_res="interpolate", up_kernel_size=1)  # fmt: skip
+    (bundle / "models").mkdir(exist_ok=True)
+    torch.save(weights.state_dict(), bundle / "models" / "model.pt")
+    write_model_properties(
+        bundle / "models", class_names=["background", "dim", "bright"], patch_size=[16, 16, 16], modality=modality,
+        pixdim=[2.0, 2.0, 2.0],
+    )  # fmt: skip
+    return bundle
+
+
+@pytest.mark.parametrize(
+    "modality,value",
+    [("MR", 0.0), ("MR", -1000.0), ("CT", -1024.0)],  # blank, a CT given to an MR model, all air
+)
+def test_image_without_foreground_is_segmented_on_its_grid(tmp_path, modality, value):
+    """No voxel above the body-crop threshold: nothing is cropped (MONAI's bounding box would be empty, and the
+    resampling fail on a 0-voxel volume), the whole scan is segmented and the label comes back on its grid."""
+    net = {k: v for k, v in FAST_3D.items() if k.startswith("network_def")}
+    seg = Segmenter.from_bundle(_untrained_bundle(tmp_path, modality), device="cpu", **net)
+    shape, affine = (23, 19, 11), AFFINES["flipped"]
+    path = tmp_path / "blank.nii.gz"
+    nib.save(nib.Nifti1Image(np.full(shape, value, dtype=np.float32), affine), str(path))
+    for label in (seg(str(path)), seg(np.full(shape, value, dtype=np.float32), affine=affine)):
+        assert label.dtype == torch.uint8 and tuple(label.shape) == (1, *shape)
+        np.testing.assert_allclose(label.affine.numpy(), affine, atol=1e-5)
+    # the crop still crops where there is foreground
+    body = np.full(shape, value, dtype=np.float32)
+    body[5:15, 4:12, 2:9] = 100.0
+    whole = seg.preprocessing({"image": str(path)})["image"].shape[1:]
+    cropped = seg.preprocessing({"image": _save(tmp_path / "body.nii.gz", body, affine)})["image"].shape[1:]
+    assert all(c < w for c, w in zip(cropped, whole)), (cropped, whole)
+    assert tuple(seg(str(tmp_path / "body.nii.gz")).shape) == (1, *shape)
+
+
+def _save(path, array, affine) -> str:
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+    return str(path)

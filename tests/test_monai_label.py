@@ -1,10 +1,10 @@
 """MONAI Label deployment: the app folder writer and CLI, the Spacingd work-around (main environment), and an
-end-to-end run of a real MONAI Label 0.8.5 server on 127.0.0.1 in the label venv (``pipelines/label_env.sh``):
+end-to-end run of a real MONAI Label 0.8.5 server on 127.0.0.1 in the label venv (``pipelines/deploy/label_env.sh``):
 inference on a datastore image and on an uploaded file (label on the image's grid), the no-weights answer, a
 1-epoch training job over REST, then entropy scoring and the active-learning strategy.
 
 The end-to-end test skips only when the label venv does not exist (it is never built here: ~5.5 GB); CI builds it
-with ``bash pipelines/label_env.sh`` before pytest. For speed on 2 CPU cores it shrinks the network in the app's
+with ``bash pipelines/deploy/label_env.sh`` before pytest. For speed on 2 CPU cores it shrinks the network in the app's
 copy of the 3D bundle (3 levels, 8-32 features) and trains at 3 mm; the bundle's real network is covered by
 tests/test_bundle3d.py.
 """
@@ -80,7 +80,9 @@ def test_write_label_app_layout(tmp_path):
     assert (bundle / "models" / "model_properties.json").is_file()
     assert not (bundle / "models" / "last_state.pt").exists() and not (bundle / "eval").exists()
     assert os.access(bundle / "models" / "model.pt", os.W_OK)  # the server and training write in the app
-    assert (app / "requirements.txt").read_text() == (REPO / "pipelines" / "requirements-label.txt").read_text()
+    assert (app / "requirements.txt").read_text() == (
+        REPO / "pipelines" / "deploy" / "requirements-label.txt"
+    ).read_text()
     assert "monailabel start_server" in (app / "README.md").read_text()
     with pytest.raises(FileExistsError):
         write_label_app(app, bundles=[NAME3D], source=tmp_path / "src")
@@ -202,7 +204,7 @@ def _geometry_sitk(path: Path):
 
 NEEDS_LABEL_VENV = pytest.mark.skipif(
     not LABEL_PYTHON.is_file(),
-    reason=f"MONAI Label venv not found at {LABEL_VENV}: build it with `bash pipelines/label_env.sh`",
+    reason=f"MONAI Label venv not found at {LABEL_VENV}: build it with `bash pipelines/deploy/label_env.sh`",
 )
 
 # MONAI Label hands _load_checkpoint the bundle config's own train#handlers list and never re-reads it: the
@@ -241,7 +243,7 @@ def test_train_task_decides_on_pretrained_weights_per_request(tmp_path):
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(
     not LABEL_PYTHON.is_file(),
-    reason=f"MONAI Label venv not found at {LABEL_VENV}: build it with `bash pipelines/label_env.sh` (~5.5 GB, "
+    reason=f"MONAI Label venv not found at {LABEL_VENV}: build it with `bash pipelines/deploy/label_env.sh` (~5.5 GB, "
     "3 minutes; set MONAI_RESUNET_LABEL_VENV to use another one)",
 )
 def test_monai_label_server_infer_train_active_learning(tmp_path):
@@ -398,3 +400,128 @@ def test_monai_label_server_infer_train_active_learning(tmp_path):
             server.wait(timeout=10)
         timings["total"] = time.time() - t0
         print("MONAI Label timings (s):", {k: round(v, 2) for k, v in timings.items()})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# under load: 8 concurrent inferences on different images while a training job runs (heavy: run by .ci/run)
+
+
+def _start_label_server(app: Path, studies: Path, tmp_path: Path, models: str) -> tuple[subprocess.Popen, Client, Path]:
+    port = _free_port()
+    log = tmp_path / "server.log"
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env.update(
+        PYTHONPATH=str(REPO),
+        MONAI_LABEL_AUTO_UPDATE_SCORING="false",
+        MONAI_LABEL_SESSION_PATH=str(tmp_path / "sessions"),
+        MONAI_LABEL_TRACKING_ENABLED="false",
+    )
+    cmd = [
+        str(LABEL_PYTHON), "-m", "monailabel.main", "start_server", "--app", str(app), "--studies", str(studies),
+        "--host", "127.0.0.1", "--port", str(port), "--conf", "models", models,
+    ]  # fmt: skip
+    with open(log, "w") as log_file:
+        server = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    client = Client(port)
+    deadline = time.time() + 300
+    while True:
+        assert server.poll() is None, f"server exited ({server.returncode}):\n{log.read_text()[-4000:]}"
+        try:
+            if client.request("GET", "/info/", timeout=5)[0] == 200:
+                return server, client, log
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        assert time.time() < deadline, f"server not up after 300 s:\n{log.read_text()[-4000:]}"
+        time.sleep(0.5)
+
+
+def _stop_label_server(server: subprocess.Popen) -> None:
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=20)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=10)
+
+
+@pytest.mark.realdata
+@pytest.mark.timeout(900)
+@NEEDS_LABEL_VENV
+def test_monai_label_under_load_concurrent_inference_and_training(tmp_path):
+    """8 concurrent ``POST /infer`` on 8 images of different grids, a training job started meanwhile: every answer
+    is a label on its image's grid, the training ends DONE and the server keeps answering. Latencies are printed
+    (MONAI Label 0.8.5 runs inference inside its async endpoint, so requests are served one after another)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    msd = make_demo_dataset(tmp_path / "msd", num_train=3, num_test=8, size=(40, 40, 28), seed=5)
+    app = write_label_app(tmp_path / "app", bundles=[NAME3D])
+    bundle = app / "model" / NAME3D
+    _shrink_network(bundle)
+    tiny = {**TINY_TRAIN, "patch_size": [32, 32, 32], "pixdim": [4.0, 4.0, 4.0]}
+    run_workflow(bundle, ["train.json"], "train", dataset_dir=str(msd), **tiny)
+
+    # 8 unlabelled images, each cropped differently (different shapes and origins), and 3 labelled ones
+    studies = tmp_path / "studies"
+    (studies / "labels" / "final").mkdir(parents=True)
+    for i in range(3):
+        shutil.copy(msd / "imagesTr" / f"case_{i:03d}.nii.gz", studies)
+        shutil.copy(msd / "labelsTr" / f"case_{i:03d}.nii.gz", studies / "labels" / "final")
+    images = {}
+    for n, path in enumerate(sorted((msd / "imagesTs").glob("*.nii.gz"))):
+        img = nib.load(path)
+        crop = img.slicer[n % 3 :, : img.shape[1] - n, 2 * (n % 2) :]
+        name = f"load_{n}"
+        nib.save(nib.Nifti1Image(np.asarray(crop.dataobj), crop.affine), studies / f"{name}.nii.gz")
+        images[name] = nib.load(studies / f"{name}.nii.gz")
+    assert len({im.shape for im in images.values()}) >= 6
+
+    server, client, log = _start_label_server(app, studies, tmp_path, NAME3D)
+    try:
+
+        def infer(name: str):
+            t = time.time()
+            status, body = client.request("POST", f"/infer/{NAME3D}?image={name}&output=image", timeout=800)
+            return name, status, body, time.time() - t, t
+
+        t0 = time.time()
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            futures = [pool.submit(infer, name) for name in images]
+            time.sleep(0.5)
+            t_train = time.time()
+            status, body = client.post_json(
+                f"/train/{NAME3D}", {"max_epochs": 1, "val_split": 0.34, "num_workers": 0, "bundle_overrides": {}}
+            )
+            train_answer = time.time() - t_train
+            assert status == 200, body[:2000]
+            results = [f.result() for f in futures]
+        wall = time.time() - t0
+        latencies = {}
+        for name, status, body, latency, _ in results:
+            assert status == 200, (name, status, body[:1000])
+            out = tmp_path / f"pred_{name}.nii.gz"
+            out.write_bytes(body)
+            pred = nib.load(out)
+            assert pred.shape == images[name].shape, name
+            np.testing.assert_allclose(pred.affine, images[name].affine, atol=1e-4)
+            assert set(np.unique(np.asarray(pred.dataobj)).astype(int)) <= {0, 1, 2}
+            latencies[name] = round(latency, 1)
+        task = _wait_task(client, "train", server, log, timeout=600)
+        assert task["status"] == "DONE", "\n".join(task.get("details", []))[-4000:]
+        t = time.time()
+        assert client.request("GET", "/info/", timeout=30)[0] == 200
+        print(
+            "MONAI Label under load:",
+            json.dumps(
+                {
+                    "latency_s": latencies,
+                    "wall_8_requests_s": round(wall, 1),
+                    "train_request_answered_s": round(train_answer, 1),
+                    "training_job_s": round(time.time() - t_train, 1),
+                    "info_after_s": round(time.time() - t, 2),
+                }
+            ),
+        )
+    finally:
+        _stop_label_server(server)

@@ -305,7 +305,7 @@ def test_cpu_bf16_autocast_is_opt_in_float32_out_and_leaves_the_weights_alone():
     torch.testing.assert_close(y, expected, rtol=0.1, atol=0.1 * float(expected.abs().max()))
     assert all(torch.equal(v, state[k]) for k, v in wrapped.state_dict().items())
     # training stays float32 by default: on an AVX512-BF16 CPU without AMX, bf16 weight gradients of the coarsest
-    # (2³) level came out at 1e35 and training diverged (bundles/resunet3d_segmentation/docs/README.md, execution)
+    # (2³) level came out at 1e35 and training diverged (bundles/resunet3d_segmentation/docs/experiments.md, execution)
     for bundle in ("resunet3d_segmentation", "resunet2d_segmentation"):
         config = Path(__file__).resolve().parent.parent / "bundles" / bundle / "configs" / "train.json"
         assert json.loads(config.read_text())["cpu_bf16"] is False, bundle

@@ -305,3 +305,60 @@ def test_dicom_seg_errors_and_atomicity(source, tmp_path, monkeypatch):
     with pytest.raises(LabelWriteError, match="device lost"):
         write_dicom_seg(label, folder, target, ["background", "a"])
     assert not [p for p in tmp_path.iterdir() if p.is_file()]
+
+
+def test_segment_codes_from_class_names_explicit_codes_and_fallback():
+    from monai_resunet.inference.writers import segment_codes
+
+    names = ["background", "Liver", "caudate_nucleus", "left hippocampus", "tumour", "blob 7", "custom"]
+    codes = segment_codes(names, {"custom": {"type": ["52988006", "SCT", "Lesion"]}})
+    category, liver = codes[1]
+    assert (liver.value, liver.scheme_designator, liver.meaning) == ("10200004", "SCT", "Liver")
+    assert (category.value, category.meaning) == ("91723000", "Anatomical Structure")
+    assert codes[2][1].value == "11000004" and codes[3][1].value == "5366008"  # caudate nucleus, hippocampus
+    assert codes[4][0].meaning == "Morphologically Abnormal Structure" and codes[4][1].value == "108369006"
+    assert [c.meaning for c in codes[5]] == ["Tissue", "Tissue"]  # unknown name: the generic fallback
+    assert codes[6][1].value == "52988006" and codes[6][0].meaning == "Morphologically Abnormal Structure"
+    with pytest.raises(ValueError, match="custom"):
+        segment_codes(["background", "custom"], {"custom": ["only-a-value"]})
+
+
+def test_dicom_seg_segments_are_coded_per_class(source, tmp_path):
+    folder, _ = source
+    label = np.zeros((10, 12, 6), np.uint8)
+    label[1, 1, 1], label[2, 2, 2] = 1, 2
+    out = write_dicom_seg(label, folder, tmp_path / "seg.dcm", ["background", "liver", "blob"])
+    segments = pydicom.dcmread(out).SegmentSequence
+    liver, blob = segments[0], segments[1]
+    assert liver.SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
+    assert liver.SegmentedPropertyCategoryCodeSequence[0].CodeMeaning == "Anatomical Structure"
+    assert blob.SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Tissue"
+
+
+def test_dicom_seg_source_is_checked_before_inference(source, tmp_path):
+    from monai_resunet.inference.writers import check_dicom_seg_source
+
+    folder, main = source
+    assert check_dicom_seg_source(folder).first.SeriesInstanceUID == main.series_uid
+    nrrd = tmp_path / "scan.nrrd"
+    write_label_map(np.zeros((4, 4, 4), np.uint8), nrrd, affine=np.eye(4))
+    with pytest.raises(ValueError, match=f"{nrrd}: --format dicom-seg needs a DICOM source"):
+        check_dicom_seg_source(nrrd)
+    s = write_series(tmp_path / "nofor", n_slices=2)
+    for f in s.files:
+        ds = pydicom.dcmread(f)
+        del ds.FrameOfReferenceUID
+        ds.save_as(f)
+    with pytest.raises(ValueError, match="nofor: --format dicom-seg needs .* frame of reference.*FrameOfReferenceUID"):
+        check_dicom_seg_source(tmp_path / "nofor")
+
+
+def test_partial_files_of_a_killed_run_are_removed(tmp_path):
+    from monai_resunet.inference.writers import remove_partial_files
+
+    (tmp_path / ".a_seg.nii.gz.0123456789ab.partial.nii.gz").write_bytes(b"half")
+    (tmp_path / "a_seg.nii.gz").write_bytes(b"done")
+    (tmp_path / ".other.partial.txt").write_bytes(b"not ours")
+    removed = remove_partial_files(tmp_path, ["a_seg.nii.gz", "b_seg.nii.gz"])
+    assert [p.name for p in removed] == [".a_seg.nii.gz.0123456789ab.partial.nii.gz"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.partial.txt", "a_seg.nii.gz"]

@@ -1,6 +1,6 @@
 """Array memory layout: C-order copies made by torch's multi-threaded copy. NIfTI and SimpleITK hand out arrays in
 the opposite axis order to MONAI's (x-fastest vs. C order), so readers and writers all need this copy, and numpy's
-``ascontiguousarray`` makes it on one thread (1.3 s for a 512×512×300 volume on the 2-core benchmark machine)."""
+``ascontiguousarray`` makes it on one thread."""
 
 from __future__ import annotations
 

@@ -52,13 +52,14 @@ __all__ = [
     "read_dicom_series",
     "read_dicom_series_datasets",
     "register_dicom_series_reader",
+    "input_summary",
 ]
 
 logger = logging.getLogger("monai_resunet")
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
-# Storage objects that carry Rows/Columns but are not images of the patient to segment.
-NON_IMAGE_MODALITIES = ("SEG", "RTSTRUCT", "RTPLAN", "SR", "PR", "KO", "REG")
+# Storage objects that carry Rows/Columns but are not images of the patient to segment (an RT dose grid included).
+NON_IMAGE_MODALITIES = ("SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO", "REG")
 
 # What to pip install to decode a transfer syntax, for the error message (pydicom's ``missing_dependencies`` names
 # plugins and versions, not pip packages).
@@ -233,6 +234,12 @@ def _looks_like_dicom(path: str) -> tuple[bool, bool]:
     return head[:2] in (b"\x02\x00", b"\x08\x00"), False
 
 
+def _is_mosaic(ds: Dataset) -> bool:
+    """A Siemens mosaic: ImageType holds MOSAIC (the CSA header's NumberOfImagesInMosaic says how many tiles)."""
+    image_type = [str(v).upper() for v in ensure_tuple(ds.get("ImageType", []) or [])]
+    return "MOSAIC" in image_type
+
+
 def _is_image(ds: Dataset) -> bool:
     return "Rows" in ds and "Columns" in ds and str(ds.get("Modality", "")).upper() not in NON_IMAGE_MODALITIES
 
@@ -262,6 +269,27 @@ class DicomSeries:
     rows: int
     columns: int
     rescale: list[tuple[float, float]] = field(default_factory=list)
+    skipped_series: list[str] = field(default_factory=list)
+    skipped_files: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line naming what was read and what was skipped, e.g. ``series 1.2.3 'AX T1' (120 files); skipped 1
+        other series, 2 files (not DICOM)``."""
+        ds = self.first
+        desc = str(ds.get("SeriesDescription", "")).strip()
+        n = len({f for f in self.files if f}) or len(self.datasets)
+        frames = f", {len(self.slices)} frames" if self.is_multiframe else ""
+        line = f"series {ds.get('SeriesInstanceUID', '?')}{f' {desc!r}' if desc else ''} ({n} file(s){frames})"
+        skipped = []
+        if self.skipped_series:
+            skipped.append(f"{len(self.skipped_series)} other series")
+        if self.skipped_files:
+            reasons: dict[str, int] = {}
+            for item in self.skipped_files:
+                reason = item[item.rfind(" (") + 2 : -1] if item.endswith(")") and " (" in item else "skipped"
+                reasons[reason] = reasons.get(reason, 0) + 1
+            skipped += [f"{k} file(s) ({r})" for r, k in reasons.items()]
+        return line + (f"; skipped {', '.join(skipped)}" if skipped else "")
 
     @property
     def spatial_shape(self) -> tuple[int, int, int]:
@@ -321,6 +349,18 @@ class DicomSeries:
                 raise DicomReadError(
                     f"{name}: {ds.SamplesPerPixel} samples per pixel ({ds.get('PhotometricInterpretation', '')}); "
                     "only single-sample (grayscale) images make a volume."
+                )
+            photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+            if photometric not in ("MONOCHROME1", "MONOCHROME2", ""):
+                # PALETTE COLOR stores indices into a colour table: segmenting them as intensities is meaningless
+                raise DicomReadError(
+                    f"{name}: PhotometricInterpretation {photometric}: a colour image, not grayscale intensities "
+                    "(MONOCHROME1/MONOCHROME2); it cannot be segmented as a scan."
+                )
+            if _is_mosaic(ds):
+                raise DicomReadError(
+                    f"{name}: a Siemens mosaic (several slices tiled in one image, ImageType MOSAIC); un-mosaic the "
+                    "series first, e.g. dcm2niix -z y -o OUT_DIR SERIES_DIR, and segment the NIfTI it writes."
                 )
         multi = [n for ds, n in zip(datasets, names) if _is_multiframe(ds)]
         if multi and len(datasets) > 1:
@@ -433,6 +473,7 @@ class DicomSeries:
             "dicom_sop_class_uid": str(ds.get("SOPClassUID", "")),
             "dicom_series_description": str(ds.get("SeriesDescription", "")),
             "dicom_files": list(self.files),
+            "dicom_read_summary": self.summary(),
         }
 
 
@@ -611,6 +652,10 @@ def read_dicom_series(
         ds = _read_header(str(p), force=not preamble)
         if "SegmentSequence" in ds:
             raise DicomReadError(f"{p}: a DICOM-SEG object, not an image; read it with highdicom.seg.segread.")
+        own = str(ds.get("SeriesInstanceUID", ""))
+        if series_uid is not None and own != series_uid:
+            held = _describe(own or "?", [(str(p), ds)])
+            raise DicomReadError(f"{p}: no series {series_uid} (--series-uid); the file belongs to {held}.")
         return DicomSeries.from_datasets([ds], [str(p)], str(p), spacing_rtol, tilt_tolerance_deg)
     groups, skipped, broken = _scan_folder(p)
     if not groups:
@@ -622,7 +667,7 @@ def read_dicom_series(
     if series_uid is not None:
         if series_uid not in groups:
             held = "; ".join(_describe(u, m) for u, m in groups.items())
-            raise DicomReadError(f"{p}: no series {series_uid}; the folder holds {held}.")
+            raise DicomReadError(f"{p}: no series {series_uid} (--series-uid); the folder holds {held}.")
         chosen = series_uid
     else:
         # the largest series: the main acquisition rather than a localizer or a derived image
@@ -639,7 +684,55 @@ def read_dicom_series(
         + (f"; skipped files {', '.join(skipped[:10])}{' ...' if len(skipped) > 10 else ''}" if skipped else "")
     )
     files, datasets = zip(*groups[chosen])
-    return DicomSeries.from_datasets(datasets, files, str(p), spacing_rtol, tilt_tolerance_deg)
+    series = DicomSeries.from_datasets(datasets, files, str(p), spacing_rtol, tilt_tolerance_deg)
+    series.skipped_series, series.skipped_files = others, list(skipped)
+    return series
+
+
+def _check_nifti_affine(path: Path) -> None:
+    """Refuse a NIfTI whose header affine is not finite: readers fall back to an identity grid without a word, and
+    the label would be written on a grid that is not the scan's (header only; unreadable files are left to the
+    reader, whose message names the problem)."""
+    try:
+        import nibabel as nib
+
+        affine = np.asarray(nib.load(str(path)).affine, dtype=np.float64)
+    except Exception:
+        return
+    if not np.isfinite(affine).all():
+        raise DicomReadError(
+            f"{path}: the NIfTI header's affine (sform/qform) holds NaN or infinite values, so the scan has no "
+            "position in space; fix the header (e.g. nibabel's set_sform) before segmenting."
+        )
+
+
+def input_summary(path: PathLike, series_uid: str | None = None) -> str:
+    """One line saying what will be read from ``path``: for a DICOM folder or file the series (UID, description,
+    file count) and what was skipped (:meth:`DicomSeries.summary`, from the headers only), for other files their
+    type. Raises :class:`DicomReadError` for a DICOM input that cannot be read, before any pixel is decoded.
+
+    Args:
+        path: an input of the segmentation CLI.
+        series_uid: the series to pick from a folder.
+
+    Example::
+
+        input_summary("/data/patient1")  # "series 1.2.840... 'AX T1' (120 file(s)); skipped 1 file(s) (not DICOM)"
+    """
+    p = Path(os.fspath(path)).expanduser()
+    if not p.exists():
+        if p.is_symlink():
+            raise DicomReadError(f"{p}: a broken symlink or a symlink loop (its target does not resolve).")
+        raise DicomReadError(f"{p}: no such file or folder.")
+    if p.is_file() and not os.access(p, os.R_OK):
+        raise DicomReadError(f"{p}: not readable (permission denied).")
+    if p.is_file() and not _looks_like_dicom(str(p))[0] and p.suffix.lower() not in DICOM_SUFFIXES:
+        name = p.name.lower()
+        kind = next((k for k in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd") if name.endswith(k)), p.suffix)
+        if kind in (".nii", ".nii.gz"):
+            _check_nifti_affine(p)
+        return f"{kind or 'image'} file ({p.stat().st_size} bytes)"
+    return read_dicom_series(p, series_uid).summary()
 
 
 def read_dicom_series_datasets(

@@ -1,14 +1,13 @@
 """MONAI's ``NibabelReader`` with its two slow steps made fast: gzip decompression and the voxel layout.
 
-Loading a 512×512×300 int16 ``.nii.gz`` with ``LoadImaged`` took 2.2 s on the 2-core benchmark machine
-(``pipelines/results/speed_benchmark.md``), of which 0.9 s was Python's ``gzip`` inflating the data and 1.3 s was
-``np.ascontiguousarray``: NIfTI voxels are stored x-fastest (Fortran order) and MONAI's ``LoadImage`` makes every
-array C-contiguous with numpy's single-threaded strided copy. ``FastNibabelReader`` inflates ``.gz`` files with
-ISA-L (``isal.igzip``, the same gzip format, about twice as fast) through nibabel's own header and array code, and
-returns the array already C-contiguous, copied by torch's multi-threaded ``contiguous()``; MONAI's copy then does
-nothing. The values, dtype, scaling and metadata are nibabel's; without ``isal`` installed it reads with nibabel's
-gzip, and it hands anything it does not handle (GPU loading, re-oriented images) to ``NibabelReader`` unchanged.
-"""
+Loading a large ``.nii.gz`` with ``LoadImaged`` spends its time in Python's ``gzip`` inflating the data and in
+``np.ascontiguousarray`` (timings: the 3D bundle's ``docs/experiments.md``): NIfTI voxels are stored x-fastest (Fortran
+order) and MONAI's ``LoadImage`` makes every array C-contiguous with numpy's single-threaded strided copy.
+``FastNibabelReader`` inflates ``.gz`` files with ISA-L (``isal.igzip``, the same gzip format, about twice as fast)
+through nibabel's own header and array code, and returns the array already C-contiguous, copied by torch's
+multi-threaded ``contiguous()``; MONAI's copy then does nothing. The values, dtype, scaling and metadata are nibabel's;
+without ``isal`` installed it reads with nibabel's gzip, and it hands anything it does not handle (GPU loading,
+re-oriented images) to ``NibabelReader`` unchanged."""
 
 from __future__ import annotations
 

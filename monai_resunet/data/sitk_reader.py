@@ -62,7 +62,7 @@ class SimpleITKReader(ImageReader):
         return all(os.fspath(name).lower().endswith(SIMPLEITK_SUFFIXES) for name in ensure_tuple(filename))
 
     def read(self, data: Sequence[PathLike] | PathLike, **kwargs):
-        # imported here, not with the module: SimpleITK adds ~90 MiB to a process's resident set (measured),
+        # imported here, not with the module: SimpleITK adds tens of MiB to a process's resident set,
         # which every NIfTI-only inference would otherwise carry
         import SimpleITK as sitk
 

@@ -9,10 +9,11 @@ from monai_resunet.engines.checkpoint import (
 )
 from monai_resunet.engines.class_metrics import PerClassMetrics
 from monai_resunet.engines.curves import TrainingCurves
-from monai_resunet.engines.distributed import distributed_device, init_distributed, is_rank0
+from monai_resunet.engines.distributed import DistributedSampler, distributed_device, init_distributed, is_rank0
 
 __all__ = [
     "BestModelCheckpoint",
+    "DistributedSampler",
     "PerClassMetrics",
     "ResumableCheckpoint",
     "TrainingCurves",

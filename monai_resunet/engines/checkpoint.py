@@ -24,17 +24,28 @@ from ignite.handlers import Checkpoint
 
 from monai_resunet.atomic_files import atomic_target
 from monai_resunet.config_flags import as_bool
-from monai_resunet.model_properties import write_model_properties
+from monai_resunet.model_properties import (
+    PROPERTIES_FILE,
+    WEIGHTS_HASH_KEY,
+    WeightsMismatchError,
+    check_weights_pair,
+    file_sha256,
+    write_model_properties,
+)
 
 __all__ = ["BestModelCheckpoint", "ResumableCheckpoint", "atomic_torch_save", "require_checkpoint"]
 
 logger = logging.getLogger("monai_resunet")
 
 
-def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, fsync, then rename: readers never see half a file."""
+def atomic_torch_save(obj, path: str | os.PathLike) -> str:
+    """``torch.save`` to a temporary file beside ``path``, fsync, then rename: readers never see half a file.
+    Returns the SHA-256 of the file written (what :func:`monai_resunet.model_properties.check_weights_pair`
+    compares)."""
     with atomic_target(path) as tmp:
         torch.save(obj, tmp)
+        digest = file_sha256(tmp)
+    return digest
 
 
 class ResumableCheckpoint:
@@ -92,7 +103,8 @@ class ResumableCheckpoint:
         if not self.resume:
             return
         if not self.path.is_file():
-            logger.info("resume requested but %s does not exist yet: training from scratch.", self.path)
+            if self.is_rank0:
+                logger.info("resume requested but %s does not exist yet: training from scratch.", self.path)
             return
         try:
             checkpoint = torch.load(self.path, map_location=self.map_location, weights_only=True)
@@ -101,16 +113,17 @@ class ResumableCheckpoint:
         missing = [k for k in self.save_dict if k not in checkpoint]
         if [k for k in missing if k not in self.optional_keys]:
             raise RuntimeError(f"{self.path}: checkpoint lacks {missing}; it was not written by this bundle.")
-        if missing:
+        if missing and self.is_rank0:
             logger.info("%s has no %s (an older checkpoint): those start afresh.", self.path, missing)
         max_epochs = engine.state.max_epochs
         to_load = {k: v for k, v in self.save_dict.items() if k not in missing}
         Checkpoint.load_objects(to_load=to_load, checkpoint=checkpoint)
         engine.state.max_epochs = max_epochs
-        logger.info(
-            "resumed from %s: epoch %d done, continuing at epoch %d of %s.",
-            self.path, engine.state.epoch, engine.state.epoch + 1, max_epochs,
-        )  # fmt: skip
+        if self.is_rank0:  # every rank loads; one line in the log
+            logger.info(
+                "resumed from %s: epoch %d done, continuing at epoch %d of %s.",
+                self.path, engine.state.epoch, engine.state.epoch + 1, max_epochs,
+            )  # fmt: skip
 
     def save(self, engine: Engine) -> None:
         if not self.is_rank0:
@@ -140,7 +153,12 @@ class BestModelCheckpoint:
     The new-best test is MONAI's own: the evaluator's ``best_metric_epoch`` equals the epoch just validated (the
     workflow updates it with its ``metric_cmp_fn`` before handlers run). ``properties`` go to
     ``model_properties.json`` beside the weights right after them (writing them when training starts, as before,
-    paired a new data set's classes with the previous run's weights until the first validation).
+    paired a new data set's classes with the previous run's weights until the first validation), with the SHA-256
+    of the weights file they belong to (``weights_sha256``): two files cannot be replaced in one atomic step, so
+    a kill between the two renames leaves new weights beside old properties, and readers
+    (:func:`monai_resunet.read_model_properties`) refuse such a pair instead of using it. ``model.pt`` stays a
+    plain ``state_dict`` (MONAI's ``CheckpointLoader`` and the Model Zoo tools load it unchanged). A resumed run
+    repairs an interrupted pair: it rewrites the properties for the ``model.pt`` on disk, which this run wrote.
 
     Args:
         save_dir: folder of the weights (the bundle's ``models/``).
@@ -181,9 +199,9 @@ class BestModelCheckpoint:
         network = self.network
         if isinstance(network, torch.nn.parallel.DistributedDataParallel):
             network = network.module
-        atomic_torch_save(network.state_dict(), self.path)
-        if self.properties is not None:
-            write_model_properties(self.save_dir, **self.properties)
+        digest = atomic_torch_save(network.state_dict(), self.path)
+        if self.properties is not None:  # second rename: until it lands, readers see a hash mismatch and wait
+            write_model_properties(self.save_dir, **self.properties, **{WEIGHTS_HASH_KEY: digest})
         logger.info(
             "new best %s %.4f at epoch %d: saved %s", engine.state.key_metric_name, engine.state.best_metric,
             engine.state.epoch, self.path,
@@ -202,6 +220,24 @@ class BestModelCheckpoint:
             raise RuntimeError("BestModelCheckpoint: attach it to the evaluator before resuming.")
         self.engine.state.best_metric = float(state["best_metric"])
         self.engine.state.best_metric_epoch = int(state["best_metric_epoch"])
+        self.repair_pair()
+
+    def repair_pair(self) -> bool:
+        """After a kill between the two renames, rewrite the properties for the weights on disk (this run's own
+        best model: the weights are renamed first). Returns whether it rewrote them."""
+        if not self.is_rank0 or self.properties is None or not self.path.is_file():
+            return False
+        try:
+            check_weights_pair(self.save_dir, self.path.name, retries=0)
+            return False
+        except WeightsMismatchError:
+            pass
+        write_model_properties(self.save_dir, **self.properties, **{WEIGHTS_HASH_KEY: file_sha256(self.path)})
+        logger.warning(
+            "%s did not match %s (a run killed between writing the two): properties rewritten for the weights.",
+            self.path, self.save_dir / PROPERTIES_FILE,
+        )  # fmt: skip
+        return True
 
 
 def require_checkpoint(path: str | os.PathLike) -> str:

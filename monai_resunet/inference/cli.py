@@ -58,7 +58,16 @@ def add_segment_parser(subparsers) -> argparse.ArgumentParser:
         "(3D sliding window or 2D slice by slice, as the bundle's inference.json says). Label maps are written "
         "on each input's own grid.",
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or DICOM series folders")
+    parser.add_argument("inputs", nargs="*", metavar="INPUT", help="image files or DICOM series folders")
+    parser.add_argument(
+        "--input-list",
+        default=None,
+        metavar="FILE",
+        help="a text file of further inputs, one path per line (blank lines and # comments ignored), for archives "
+        "too long for a command line. Under torchrun (e.g. `torchrun --nproc_per_node=2 -m monai_resunet segment "
+        "...`) each rank segments a share of the inputs, balanced by size, and rank 0 writes segment_summary.csv/"
+        ".json into the output folder",
+    )
     parser.add_argument("--bundle", required=True, help="bundle folder (holding configs/ and models/model.pt)")
     parser.add_argument("-o", "--output-dir", required=True, help="folder for the label maps (created if needed)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when available)")
@@ -68,6 +77,13 @@ def add_segment_parser(subparsers) -> argparse.ArgumentParser:
         choices=sorted(FORMATS),
         default="nifti",
         help="output format (default: nifti); dicom-seg needs DICOM inputs and the 'dicom' extra (highdicom)",
+    )
+    parser.add_argument(
+        "--series-uid",
+        default=None,
+        metavar="UID",
+        help="SeriesInstanceUID to read from DICOM folders holding several series (default: the largest image "
+        "series); an input without it fails, listing the series it holds",
     )
     parser.add_argument("--postfix", default="seg", help="appended to each input's name (default: seg)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs (default: skip them)")
@@ -83,38 +99,58 @@ def add_segment_parser(subparsers) -> argparse.ArgumentParser:
 def run_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from monai_resunet.data.dicom_series import input_summary
+    from monai_resunet.inference.archive import distributed_requested, read_input_list, run_segment_distributed
     from monai_resunet.inference.segmenter import Segmenter
+    from monai_resunet.inference.writers import check_dicom_seg_source, remove_partial_files
 
     try:
-        targets = output_names([Path(item) for item in args.inputs], args.format, args.postfix)
+        inputs = list(args.inputs) + (read_input_list(args.input_list) if args.input_list else [])
+        if not inputs:
+            raise ValueError("no inputs: give image files or DICOM folders, or --input-list FILE.")
+        targets = output_names([Path(item) for item in inputs], args.format, args.postfix)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if distributed_requested():  # started by torchrun: this rank's share, one summary from rank 0
+        return run_segment_distributed(args, inputs, targets)
+    overrides = dict(args.override)
+    series_uid = getattr(args, "series_uid", None)
+    if series_uid:  # the bundle's DICOM reader picks this series from folders
+        overrides["image_reader"] = f"$monai_resunet.data.DicomSeriesReader(series_uid={series_uid!r})"
     try:
-        segmenter = Segmenter.from_bundle(
-            args.bundle, device=args.device, checkpoint=args.checkpoint, **dict(args.override)
-        )
+        segmenter = Segmenter.from_bundle(args.bundle, device=args.device, checkpoint=args.checkpoint, **overrides)
     except Exception as e:  # the bundle itself is unusable: nothing can be segmented
         print(f"error: {e}", file=sys.stderr)
         return 2
+    logger.info("segmenting %d inputs with %s on %s", len(inputs), args.bundle, segmenter.device)
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in remove_partial_files(out_dir, targets):  # left by a run killed mid-write
+        logger.info(f"removed {stale}, a partial output of an interrupted run")
     failed: list[tuple[str, str]] = []
     written, skipped = 0, 0
-    for item, name in tqdm(list(zip(args.inputs, targets)), desc="segmenting", unit="case", file=sys.stderr):
+    for item, name in tqdm(list(zip(inputs, targets)), desc="segmenting", unit="case", file=sys.stderr):
         path = Path(item)
         target = out_dir / name
         if target.exists() and not args.overwrite:
             skipped += 1
             continue
         try:
+            # before any inference: what will be read (one line per input, the run's record), and whether a
+            # DICOM-SEG can reference it
+            if args.format == "dicom-seg":
+                line = check_dicom_seg_source(path, series_uid).summary()
+            else:
+                line = input_summary(path, series_uid)
+            tqdm.write(f"{path}: {line}", file=sys.stdout)
             segmenter.segment_file(path, target)
             written += 1
         except Exception as e:  # report, skip, go on with the next case
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             failed.append((str(path), reason))
             tqdm.write(f"FAILED {path}: {reason}", file=sys.stderr)
-    summary = f"{written} written, {skipped} skipped (exist), {len(failed)} failed of {len(args.inputs)} inputs"
+    summary = f"{written} written, {skipped} skipped (exist), {len(failed)} failed of {len(inputs)} inputs"
     print(summary)
     for path, reason in failed:
         print(f"  failed: {path}: {reason}")

@@ -47,9 +47,8 @@ _ARGMAX_PLANES = 8
 def _argmax_classes_into(scores: torch.Tensor, out: torch.Tensor) -> None:
     """``out[...] = scores.argmax(0)`` (the first maximum wins, as ``argmax``'s), by one comparison per class.
 
-    ``argmax`` over the outermost dimension of a slab ran at 60 ms per 8 planes of a 215×300 grid (3 classes, 2
-    CPU cores), 82 % of the stitching; element-wise comparisons are vectorised along the contiguous planes: 9×
-    faster, and the labels are written in place without argmax's int64 result.
+    ``argmax`` over the outermost dimension of a slab dominated the stitching; element-wise comparisons are
+    vectorised along the contiguous planes, and the labels are written in place without argmax's int64 result.
     """
     with torch.no_grad():  # labels carry no gradient (and out= does not take tensors that require one)
         best = scores[0].clone()
@@ -229,8 +228,7 @@ class SlabArgmaxInferer(Inferer):
                 batch_slices = slices[first : first + self.sw_batch_size]
                 win = torch.cat([x[(slice(b, b + 1), slice(None), *s)] for s in batch_slices]).to(sw_device)
                 # labels carry no gradient, so where the caller already disabled it (MONAI's evaluator: no_grad) the
-                # network runs in inference mode: no version counters or autograd metadata (1.15× per window for
-                # the previous bundle network, 1.02× for the current one: pipelines/results/speed_benchmark.md).
+                # network runs in inference mode: no version counters or autograd metadata (a little faster).
                 # Only the window's scores are inference tensors; the buffers below stay normal tensors, so later
                 # transforms may modify the labels.
                 with torch.inference_mode(not torch.is_grad_enabled()):

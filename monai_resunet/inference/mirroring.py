@@ -2,10 +2,8 @@
 
 Every window is also predicted flipped along each combination of the chosen axes; the logits are flipped back
 and averaged (as nnU-Net averages them) before the inferer blends windows, so the result is still one logit map,
-and label or score paths after it are unchanged. On Colin27 (the bundles' benchmark, saved final weights of each
-network) mirroring along x lifted the held-out mean Dice of every network alike by 0.003–0.005, at 1.2–1.8× the
-inference time; in 3D all three axes (8 predictions per window) gained no more than x alone
-(``bundles/resunet3d_segmentation/docs/README.md``). Off in the bundles (``mirror_axes: []``).
+and label or score paths after it are unchanged. Off in the bundles (``mirror_axes: []``): a small gain for
+extra inference time, measured in the 3D bundle's ``docs/experiments.md``.
 """
 
 from __future__ import annotations

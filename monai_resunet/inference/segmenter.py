@@ -2,7 +2,8 @@
 
 Everything is built from the bundle's own ``configs/inference.json`` (network, pre-processing, inferer,
 post-processing), so scripts, the CLI and MONAI Label run exactly the pipeline ``python -m monai.bundle run``
-runs; only the bundle's file-saving step is left out, because the caller decides where the label map goes.
+runs; only the bundle's ``saver`` entry (the file-writing step its post-processing ends with) is left out, because
+the caller decides where the label map goes.
 Works for 3D sliding-window bundles and 2D slice-wise bundles alike (the inferer comes from the config).
 """
 
@@ -18,7 +19,9 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
-from monai.transforms import Compose, LoadImaged, SaveImaged
+from monai.transforms import Compose
+
+from monai_resunet.model_properties import read_model_properties
 
 __all__ = ["Segmenter", "CheckpointError", "InputImageError", "load_checkpoint", "transform_error_cause"]
 
@@ -114,18 +117,33 @@ class Segmenter:
         seg.segment_file("scan.nii.gz", "scan_seg.nii.gz")
     """
 
+    # the inference.json entries used: the pre-processing and its loader (left out for in-memory inputs), the
+    # post-processing and its file writer (left out: the caller writes the label)
+    preprocessing_id = "preprocessing"
+    loader_id = "preprocessing#transforms#0"
+    postprocessing_id = "postprocessing"
+    saver_id = "saver"
+
     def __init__(self, parser: ConfigParser, bundle_dir: Path) -> None:
         self.parser = parser
         self.bundle_dir = bundle_dir
         self.device: torch.device = parser.get_parsed_content("device")
         self.network: torch.nn.Module = parser.get_parsed_content("network")
-        self.preprocessing: Compose = parser.get_parsed_content("preprocessing")
+        self.preprocessing: Compose = parser.get_parsed_content(self.preprocessing_id)
+        # the same chain without its loader, for arrays and MetaTensors (the instance the chain holds, found by id)
+        loader = parser.get_parsed_content(self.loader_id)
+        self.after_load = Compose([t for t in self.preprocessing.transforms if t is not loader])
         self.inferer = parser.get_parsed_content("inferer")
         self.image_key: str = parser.get_parsed_content("image_key") if "image_key" in parser else "image"
-        post = parser.get_parsed_content("postprocessing")
-        # the bundle saves files in its last step; the caller decides where the label goes instead
-        self.postprocessing = Compose([t for t in post.transforms if not isinstance(t, SaveImaged)])
+        post = parser.get_parsed_content(self.postprocessing_id)
+        saver = parser.get_parsed_content(self.saver_id) if self.saver_id in parser else None
+        self.postprocessing = Compose([t for t in post.transforms if t is not saver])
         self.class_names: list[str] = list(parser.get_parsed_content("class_names"))
+        # explicit DICOM-SEG codes by class name (config entry, else the model property); None: from the names
+        self.class_codes: dict | None = (
+            parser.get_parsed_content("class_codes") if "class_codes" in parser
+            else read_model_properties(bundle_dir, "class_codes")
+        )  # fmt: skip
         self.amp = bool(parser.get_parsed_content("amp")) if "amp" in parser else False
         self.network.eval()
 
@@ -194,9 +212,7 @@ class Segmenter:
             )
         tensor.meta.setdefault("original_affine", tensor.affine.clone())
         tensor.meta.setdefault("spatial_shape", tuple(tensor.shape[-3:]))
-        # the same chain as for files, minus the loader
-        after_load = Compose([t for t in self.preprocessing.transforms if not isinstance(t, LoadImaged)])
-        return _run_transforms(after_load, {self.image_key: tensor}, source="the input array")
+        return _run_transforms(self.after_load, {self.image_key: tensor}, source="the input array")
 
     @torch.no_grad()
     def __call__(self, image, affine: np.ndarray | None = None) -> MetaTensor:
@@ -219,7 +235,8 @@ class Segmenter:
         if output_path.suffix.lower() == ".dcm":
             # the series the reader chose (a folder may hold several), so the SEG references the images segmented
             series_uid = (label.meta.get("dicom_series_uid") if isinstance(label, MetaTensor) else None) or None
-            write_dicom_seg(label, input_path, output_path, segment_names=self.class_names, series_uid=series_uid)
+            write_dicom_seg(label, input_path, output_path, segment_names=self.class_names, series_uid=series_uid,
+                            class_codes=self.class_codes)  # fmt: skip
         else:
             write_label_map(label, output_path)
         return output_path

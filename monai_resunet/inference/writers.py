@@ -36,7 +36,16 @@ from monai_resunet.data.array_layout import c_contiguous
 from monai_resunet.data.dicom_series import DicomSeries, read_dicom_series
 from monai_resunet.data.nifti_reader import has_isal, igzip
 
-__all__ = ["LABEL_MAP_SUFFIXES", "LabelMapWriter", "LabelWriteError", "write_dicom_seg", "write_label_map"]
+__all__ = [
+    "LABEL_MAP_SUFFIXES",
+    "LabelMapWriter",
+    "LabelWriteError",
+    "check_dicom_seg_source",
+    "remove_partial_files",
+    "segment_codes",
+    "write_dicom_seg",
+    "write_label_map",
+]
 
 LABEL_MAP_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
 
@@ -107,8 +116,7 @@ def _is_orthogonal(affine: np.ndarray) -> bool:
 
 def _fortran_order(arr: np.ndarray) -> np.ndarray:
     """The same array laid out x-fastest, as NIfTI stores voxels (the C-contiguous copy of its transpose, by torch's
-    threaded ``contiguous()``): nibabel then writes it without its own single-threaded strided ``tobytes("F")``
-    (512×512×300 uint8: 0.21 s instead of 0.36 s; int16: 0.21 s instead of 0.44 s)."""
+    threaded ``contiguous()``): nibabel then writes it without its own single-threaded strided ``tobytes("F")``."""
     return c_contiguous(arr.T).T
 
 
@@ -116,8 +124,8 @@ def _write_nifti(arr: np.ndarray, affine: np.ndarray, tmp: Path) -> None:
     import nibabel as nib
 
     # not NibabelWriter.set_data_array/write: they squeeze trailing singleton dimensions, so a one-slice volume
-    # (X, Y, 1) would come back 2D; nor its create_backend_obj, whose C-order copy (1.0 s for a 512×512×300 label
-    # map) would undo the x-fastest layout; the image and header codes are the ones NibabelWriter.write sets
+    # (X, Y, 1) would come back 2D; nor its create_backend_obj, whose slow C-order copy would undo the x-fastest
+    # layout; the image and header codes are the ones NibabelWriter.write sets
     affine = to_affine_nd(3, affine)
     img = nib.Nifti1Image(_fortran_order(arr), affine)
     img.set_data_dtype(arr.dtype)
@@ -127,8 +135,7 @@ def _write_nifti(arr: np.ndarray, affine: np.ndarray, tmp: Path) -> None:
     img.header.set_xyzt_units("mm")
     img.header.set_intent("label")
     if has_isal and tmp.name.endswith(".gz"):
-        # ISA-L's deflate at nibabel's default level 1, the same gzip format: 0.44-0.47 -> 0.33 s for a 512x512x300
-        # label map (pipelines/results/speed_benchmark.md)
+        # ISA-L's deflate at nibabel's default level 1: the same gzip format, faster than Python's gzip
         with igzip.open(tmp, "wb", compresslevel=1) as f:
             img.to_file_map(img.make_file_map({"image": f}))
     else:
@@ -265,6 +272,168 @@ def _onto_source_grid(arr: np.ndarray, label_affine: np.ndarray, series: DicomSe
     return np.ascontiguousarray(out)
 
 
+# DICOM CID 7191-7198: the segmented property types of each category of CID 7150 (the pairs DCMQI and highdicom
+# use); a type's category is the one whose list holds its code
+_CATEGORY_CIDS = {
+    7191: "Tissue",
+    7192: "AnatomicalStructure",
+    7193: "PhysicalObject",
+    7194: "MorphologicallyAbnormalStructure",
+    7195: "Function",
+    7196: "SpatialAndRelationalConcept",
+    7197: "BodySubstance",
+    7198: "Substance",
+}
+_ANATOMY_CIDS = (4, 8134)  # anatomic regions / structures outside the segmentation lists (e.g. Bone)
+
+
+def _code_of(spec: Any, what: str) -> Any:
+    """A pydicom ``Code`` from ``Code``, ``[value, scheme, meaning]`` or ``{"CodeValue": ..., ...}`` (dcmqi)."""
+    from pydicom.sr.coding import Code
+
+    if isinstance(spec, Code):
+        return spec
+    if isinstance(spec, Mapping):
+        spec = [spec.get("CodeValue", spec.get("value")), spec.get("CodingSchemeDesignator", spec.get("scheme")),
+                spec.get("CodeMeaning", spec.get("meaning"))]  # fmt: skip
+    if isinstance(spec, Sequence) and not isinstance(spec, str) and len(spec) == 3 and all(spec):
+        return Code(str(spec[0]), str(spec[1]), str(spec[2]))
+    raise ValueError(f"{what}: a code must be [value, scheme, meaning] (e.g. [\"10200004\", \"SCT\", \"Liver\"]), "
+                     f"got {spec!r}.")  # fmt: skip
+
+
+def _category_of(type_code: Any) -> Any | None:
+    """The CID 7150 category of a SNOMED CT type code, from the CID it is listed in; ``None`` when unlisted."""
+    from pydicom.sr._cid_dict import cid_concepts
+    from pydicom.sr.codedict import codes
+
+    def listed(cid: int) -> bool:
+        return any(getattr(codes.SCT, kw).value == type_code.value for kw in cid_concepts.get(cid, {}).get("SCT", []))
+
+    if type_code.scheme_designator != "SCT":
+        return None
+    for cid, category in _CATEGORY_CIDS.items():
+        if listed(cid):
+            return getattr(codes.cid7150, category)
+    if any(listed(cid) for cid in _ANATOMY_CIDS):
+        return codes.cid7150.AnatomicalStructure
+    return None
+
+
+def _sct_type(name: str) -> Any | None:
+    """The SNOMED CT code whose pydicom keyword is the class name in CamelCase ("caudate_nucleus" →
+    ``codes.SCT.CaudateNucleus``), with a leading left/right dropped and British spellings tried."""
+    from pydicom.sr.codedict import codes
+
+    words = name.replace("_", " ").replace("-", " ").lower().split()
+    candidates = [words]
+    if words and words[0] in ("left", "right", "l", "r"):
+        candidates.append(words[1:])
+    spellings = {"tumour": "tumor", "oesophagus": "esophagus", "haemorrhage": "hemorrhage", "oedema": "edema"}
+    candidates += [[spellings.get(w, w) for w in c] for c in list(candidates)]
+    for c in candidates:
+        keyword = "".join(w.capitalize() for w in c)
+        if keyword and keyword.isidentifier():
+            try:
+                return getattr(codes.SCT, keyword)
+            except AttributeError:
+                continue
+    return None
+
+
+def segment_codes(
+    segment_names: Sequence[str] | Mapping[int, str], class_codes: Mapping[str, Any] | None = None
+) -> dict[int, tuple[Any, Any]]:
+    """``{label value: (category, type)}`` pydicom codes of each non-background class, for :func:`write_dicom_seg`.
+
+    In order: an explicit entry of ``class_codes`` (by class name: ``[value, scheme, meaning]`` for the type, or
+    ``{"category": [...], "type": [...]}``); the SNOMED CT code named like the class in pydicom's code dictionary
+    (``codes.SCT.Liver``), with its category from the DICOM list it belongs to (CID 7191-7198); else the generic
+    Tissue / Tissue, so a viewer shows "Liver" rather than "Tissue 1" whenever the name is a known concept.
+
+    Args:
+        segment_names: class names by label value, background first, or ``{label value: name}``.
+        class_codes: explicit codes by class name (a bundle's ``class_codes`` model property).
+
+    Example::
+
+        segment_codes(["background", "liver"])[1]  # (Code 91723000 Anatomical Structure, Code 10200004 Liver)
+        segment_codes(["background", "lesion a"], {"lesion a": ["52988006", "SCT", "Lesion"]})
+    """
+    from pydicom.sr.codedict import codes
+
+    names = dict(segment_names) if isinstance(segment_names, Mapping) else dict(enumerate(segment_names))
+    explicit = {str(k).lower(): v for k, v in (class_codes or {}).items()}
+    out: dict[int, tuple[Any, Any]] = {}
+    for value, name in names.items():
+        if int(value) == 0:
+            continue
+        spec = explicit.get(str(name).lower())
+        if spec is not None:
+            if isinstance(spec, Mapping) and "type" in spec:
+                type_code = _code_of(spec["type"], f"class_codes[{name!r}]")
+                category = spec.get("category")
+                category = _code_of(category, f"class_codes[{name!r}]") if category else _category_of(type_code)
+            else:
+                type_code = _code_of(spec, f"class_codes[{name!r}]")
+                category = _category_of(type_code)
+            out[int(value)] = (category or codes.SCT.Tissue, type_code)
+            continue
+        type_code = _sct_type(str(name))
+        category = _category_of(type_code) if type_code is not None else None
+        out[int(value)] = (category, type_code) if category is not None else (codes.SCT.Tissue, codes.SCT.Tissue)
+    return out
+
+
+def check_dicom_seg_source(source: PathLike, series_uid: str | None = None) -> DicomSeries:
+    """Check, before any inference, that ``source`` can be referenced by a DICOM-SEG: a DICOM file or series
+    folder whose images carry a FrameOfReferenceUID. Raises ``ValueError`` naming the input and the reason.
+
+    Args:
+        source: the input to segment.
+        series_uid: the series to pick from a folder.
+
+    Example::
+
+        check_dicom_seg_source("/data/patient1/CT")  # ValueError for scan.nrrd: not a DICOM source
+    """
+    from monai_resunet.data.dicom_series import DicomReadError, _looks_like_dicom
+
+    p = Path(os.fspath(source))
+    if p.is_file() and not _looks_like_dicom(str(p))[0] and full_suffix(p) not in (".dcm", ".dicom", ".ima"):
+        raise ValueError(
+            f"{p}: --format dicom-seg needs a DICOM source (a DICOM-SEG references the source images and their "
+            f"frame of reference); this input is a {full_suffix(p) or 'non-DICOM'} file: use --format nifti/nrrd."
+        )
+    try:
+        series = read_dicom_series(p, series_uid)
+    except DicomReadError as e:
+        raise ValueError(f"--format dicom-seg: {e}") from None
+    if not str(series.first.get("FrameOfReferenceUID", "") or "").strip():
+        raise ValueError(
+            f"{p}: --format dicom-seg needs a DICOM source with a frame of reference, and this series has no "
+            "FrameOfReferenceUID; use --format nifti/nrrd/mha."
+        )
+    return series
+
+
+def remove_partial_files(folder: PathLike, names: Sequence[str]) -> list[Path]:
+    """Delete the temporary files :func:`monai_resunet.atomic_files.atomic_target` leaves for ``names`` in
+    ``folder`` when a run is killed mid-write (``.<name>.<id>.partial<ext>``); returns what it removed.
+
+    Example::
+
+        remove_partial_files("out", ["case1_seg.nii.gz"])  # before a re-run of a killed batch
+    """
+    folder = Path(os.fspath(folder))
+    removed = []
+    for name in names:
+        for stale in folder.glob(f".{name}.*.partial*"):
+            stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
+
+
 def write_dicom_seg(
     label: Any,
     source: PathLike | Sequence[Dataset] | DicomSeries,
@@ -273,6 +442,7 @@ def write_dicom_seg(
     affine: Any = None,
     series_uid: str | None = None,
     segment_codes: Mapping[int, tuple[Any, Any]] | None = None,
+    class_codes: Mapping[str, Any] | None = None,
     series_description: str = "ResUNet segmentation",
     series_number: int = 900,
     manufacturer: str = "monai_resunet",
@@ -294,7 +464,9 @@ def write_dicom_seg(
             as in MSD ``dataset.json`` and bundle metadata), or ``{label value: name}``; value 0 is never written.
         affine: RAS affine of ``label`` (overrides a MetaTensor's).
         series_uid: series to pick when ``source`` is a folder holding several.
-        segment_codes: ``{label value: (category, type)}`` codes (pydicom ``Code``); default SCT "Tissue" for both.
+        segment_codes: ``{label value: (category, type)}`` codes (pydicom ``Code``); default: :func:`segment_codes`
+            of ``segment_names`` and ``class_codes`` (SNOMED CT by class name, generic Tissue as the fallback).
+        class_codes: explicit codes by class name, see :func:`segment_codes`.
         series_description, series_number, manufacturer, manufacturer_model_name, software_versions,
             device_serial_number: the SEG's series and equipment attributes.
         algorithm_name: AlgorithmName of every segment (AUTOMATIC, family "Artificial Intelligence").
@@ -348,9 +520,10 @@ def write_dicom_seg(
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, family=codes.cid7162.ArtificialIntelligence, version=__version__
     )
+    derived = globals()["segment_codes"](names, class_codes)  # the parameter shadows the function
     descriptions = []
     for number in numbers:
-        category, prop_type = (segment_codes or {}).get(number, (codes.SCT.Tissue, codes.SCT.Tissue))
+        category, prop_type = (segment_codes or derived).get(number, derived[number])
         descriptions.append(
             hd.seg.SegmentDescription(
                 segment_number=number,

@@ -2,7 +2,7 @@
 folder writer (``python -m monai_resunet label-app DIR``).
 
 ``monailabel`` is imported only by ``app``, ``tasks`` and ``strategy`` (in the MONAI Label environment,
-``pipelines/label_env.sh``); this package itself, ``make_app`` and ``cli`` import without it. ``ResUNetLabelApp``
+``pipelines/deploy/label_env.sh``); this package itself, ``make_app`` and ``cli`` import without it. ``ResUNetLabelApp``
 is resolved lazily, so ``from monai_resunet.label import ResUNetLabelApp`` (an app's ``main.py``) works there.
 """
 

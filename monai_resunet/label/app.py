@@ -11,21 +11,30 @@ GitHub, NGC or Hugging Face at start-up.
 - ``scoring_model``: the bundle whose prediction entropy ranks unlabelled images (default: the first).
 - ``skip_trainers``: ``true`` to serve inference only.
 - ``preload``: ``true`` to load the networks at start-up (MONAI Label's option).
+- ``modalities``: with a DICOMweb ``--studies`` URL, the modalities whose series are listed (default ``CT,MR``).
+
+With a DICOMweb ``--studies`` URL (a PACS), the datastore is ``dicomweb.ResUNetDICOMWebDatastore``: clear errors
+for unreadable series and saved labels stored as DICOM-SEG with the model's class names and SNOMED CT codes. dcmqi
+(``itkimage2segimage``, from PyPI's ``dcmqi`` in the venv) is put on PATH so MONAI Label does not download it.
 
 A bundle without ``models/model.pt`` is served for training only; its inference answers HTTP 409 with the reason
 until a training run (``POST /train/<name>``) writes the weights, then it appears without a restart.
 
-Imports ``monailabel``: only for the MONAI Label environment (``pipelines/label_env.sh``).
+Imports ``monailabel``: only for the MONAI Label environment (``pipelines/deploy/label_env.sh``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
+import sys
 from typing import Any
 
 from fastapi import HTTPException
+from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
@@ -36,12 +45,25 @@ from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.others.generic import strtobool
 
 import monai_resunet
+from monai_resunet.label.dicomweb import ResUNetDICOMWebDatastore
 from monai_resunet.label.strategy import EntropyStrategy, PredictionEntropyScoring
 from monai_resunet.label.tasks import ResUNetInferTask, ResUNetTrainTask
+from monai_resunet.model_properties import read_model_properties
 
-__all__ = ["ResUNetLabelApp", "find_bundles"]
+__all__ = ["ResUNetLabelApp", "find_bundles", "dcmqi_on_path"]
 
 logger = logging.getLogger(__name__)
+
+
+def dcmqi_on_path() -> str | None:
+    """Put the ``itkimage2segimage`` installed beside this Python (PyPI's ``dcmqi`` in the venv) first on PATH,
+    so MONAI Label finds it instead of downloading dcmqi from GitHub; returns the tool's path (``None``: absent)."""
+    bin_dir = os.path.dirname(sys.executable)
+    if os.access(os.path.join(bin_dir, "itkimage2segimage"), os.X_OK):
+        path = os.environ.get("PATH", "")
+        if bin_dir not in path.split(os.pathsep):
+            os.environ["PATH"] = bin_dir + os.pathsep + path
+    return shutil.which("itkimage2segimage")
 
 
 def find_bundles(model_dir: str | os.PathLike, names: str | None = None) -> dict[str, str]:
@@ -80,6 +102,9 @@ class ResUNetLabelApp(MONAILabelApp):
                 MONAILabelError.APP_INIT_ERROR,
                 f"scoring_model {self.scoring_model!r} is not one of {list(self.bundles)}",
             )
+        self.modalities = [m for m in (conf.get("modalities") or "CT,MR").split(",") if m.strip()]
+        if studies.startswith(("http://", "https://")) and dcmqi_on_path() is None:
+            logger.warning("itkimage2segimage (dcmqi) not found: `pip install dcmqi` in this environment")
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -88,6 +113,20 @@ class ResUNetLabelApp(MONAILabelApp):
             description="Residual U-Net segmentation bundles (3D and 2D slice-wise) served offline",
             version=monai_resunet.__version__,
         )
+
+    # datastore --------------------------------------------------------------------------------------------------
+
+    def init_datastore(self) -> Datastore:
+        datastore = super().init_datastore()
+        if type(datastore) is DICOMWebDatastore:
+            datastore.__class__ = ResUNetDICOMWebDatastore  # same state and watcher, our reading and SEG on top
+            datastore.configure(self.modalities, self.seg_classes)
+        return datastore
+
+    def seg_classes(self, model: str | None = None) -> tuple[str, list[str]]:
+        """``(bundle name, class names)`` of ``model`` (default: the first bundle) for a saved DICOM-SEG."""
+        name = model if model in self.bundles else next(iter(self.bundles))
+        return name, list(read_model_properties(self.bundles[name], "class_names") or [])
 
     # tasks ------------------------------------------------------------------------------------------------------
 

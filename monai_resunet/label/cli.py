@@ -13,7 +13,7 @@ def _run(args: argparse.Namespace) -> int:
     bundles = [b.strip() for b in args.bundles.split(",") if b.strip()]
     out = write_label_app(args.dir, bundles=bundles, source=args.source, overwrite=args.overwrite)
     print(f"MONAI Label app written to {out} (bundles: {', '.join(bundles)})")
-    print("Start it in the MONAI Label environment (pipelines/label_env.sh):")
+    print("Start it in the MONAI Label environment (pipelines/deploy/label_env.sh):")
     print(
         f"  monailabel start_server --app {out} --studies STUDIES_DIR --host 127.0.0.1 --port 8000 "
         f"--conf models {','.join(bundles)}"

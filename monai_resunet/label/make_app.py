@@ -4,7 +4,7 @@ Layout (that of MONAI Label's ``monaibundle`` sample app, which looks for local 
 
     DIR/main.py                     one line: the app class from monai_resunet.label
     DIR/model/<bundle>/configs/...  a copy of each bundle, with models/model.pt and models/model_properties.json
-    DIR/requirements.txt            the MONAI Label environment's pins (pipelines/label_env.sh builds it)
+    DIR/requirements.txt            the MONAI Label environment's pins (pipelines/deploy/label_env.sh builds it)
     DIR/README.md                   how to start the server
 
 The MONAI Label server writes ``logs/``, ``lib/``, ``bin/`` and its datastore state, and training writes into
@@ -27,12 +27,12 @@ DEFAULT_BUNDLES = ("resunet3d_segmentation", "resunet2d_segmentation")
 
 MAIN_PY = "from monai_resunet.label import ResUNetLabelApp  # noqa: F401  (MONAI Label finds the app class here)\n"
 
-REQUIREMENTS_FILE = REPO_BUNDLES.parent / "pipelines" / "requirements-label.txt"
+REQUIREMENTS_FILE = REPO_BUNDLES.parent / "pipelines" / "deploy" / "requirements-label.txt"
 
-# Written when the package runs outside its source tree (no pipelines/requirements-label.txt beside it).
+# Written when the package runs outside its source tree (no pipelines/deploy/requirements-label.txt beside it).
 LABEL_REQUIREMENTS = """\
-# MONAI Label environment for the ResUNet bundles: see pipelines/requirements-label.txt in monai_resunet's
-# source tree, which pipelines/label_env.sh installs. The pins that matter:
+# MONAI Label environment for the ResUNet bundles: see pipelines/deploy/requirements-label.txt in monai_resunet's
+# source tree, which pipelines/deploy/label_env.sh installs. The pins that matter:
 # nodeps: monailabel==0.8.5
 # nodeps: pydicom-seg==0.4.1
 torch==2.14.1
@@ -45,7 +45,7 @@ pynetdicom>=2.0.2,<3
 
 
 def label_requirements() -> str:
-    """The MONAI Label environment's requirements (``pipelines/requirements-label.txt`` of this source tree)."""
+    """The MONAI Label environment's requirements (``pipelines/deploy/requirements-label.txt`` of this source tree)."""
     return REQUIREMENTS_FILE.read_text() if REQUIREMENTS_FILE.is_file() else LABEL_REQUIREMENTS
 
 
@@ -128,7 +128,7 @@ Written by `python -m monai_resunet label-app`. Bundles (in `model/`):
 
 {lines}
 
-Start the server in the MONAI Label environment (`bash pipelines/label_env.sh` in the monai_resunet repository
+Start the server in the MONAI Label environment (`bash pipelines/deploy/label_env.sh` in the monai_resunet repository
 builds it and prints its path):
 
 ```bash
@@ -140,6 +140,10 @@ monailabel start_server --app {out} --studies STUDIES_DIR --host 127.0.0.1 --por
 with the image's file name. Then open http://127.0.0.1:8000/ (REST API), or point 3D Slicer's MONAI Label
 module or OHIF at that URL. Endpoints: `POST /infer/<model>?image=<id>`, `POST /train/<model>`,
 `POST /activelearning/entropy`, `POST /scoring/entropy`.
+
+`STUDIES_DIR` can also be a PACS's DICOMweb URL (`http://127.0.0.1:8042/dicom-web`): images are series
+(`image=<SeriesInstanceUID>`) and saved labels are stored in the PACS as DICOM-SEG. `pipelines/deploy/pacs_stack.py`
+in the monai_resunet repository starts Orthanc and this server together (see `pipelines/deploy/README.md`).
 
 A bundle without `models/model.pt` is served for training only until its first training run writes the weights.
 """

@@ -19,7 +19,7 @@ What they add to MONAI Label 0.8.5's bundle tasks:
 - **Dimension**: both bundles take 3D volumes (the 2D one segments them slice by slice), so MONAI Label is told
   ``dimension=3`` for both.
 
-Imports ``monailabel``: only for the MONAI Label environment (``pipelines/label_env.sh``).
+Imports ``monailabel``: only for the MONAI Label environment (``pipelines/deploy/label_env.sh``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,10 @@ __all__ = ["ResUNetInferTask", "ResUNetTrainTask", "hide_non_dict_meta_keys", "m
 logger = logging.getLogger(__name__)
 
 # model properties that define the trained model's pre-processing, overridden in training when present
-PIPELINE_PROPERTIES = ("modality", "pixdim", "patch_size", "ct_window", "slice_axis", "num_neighbours")
+PIPELINE_PROPERTIES = (
+    "modality", "pixdim", "patch_size", "ct_window", "ct_target_range", "num_levels", "flip_axes", "slice_axis",
+    "num_neighbours",
+)  # fmt: skip
 
 # request keys (shown in MONAI Label's train options) passed to the bundle as overrides of the same name
 TRAIN_OPTION_KEYS = ("learning_rate", "batch_size", "num_samples", "num_workers", "cache_rate", "val_interval")
@@ -73,6 +76,8 @@ def _properties_mtime(bundle_path: str | os.PathLike) -> float:
     return os.stat(path).st_mtime if os.path.exists(path) else 0.0
 
 
+SAVER_ID = "saver"  # inference.json's file writer, the last step of its postprocessing
+
 _SCORES = "resunet_scores"  # request flag: run the bundle's score_inferer (class scores, not labels)
 
 
@@ -84,10 +89,13 @@ class ResUNetInferTask(BundleInferTask):
         conf: the app's ``--conf`` values.
         load_strict: load ``models/model.pt`` strictly (a checkpoint that does not fit the network is an error,
             not a silently half-loaded model). MONAI Label's default is ``False``.
-        kwargs: passed to ``BundleInferTask`` (``type``, ``dropout``, ``train_mode``, ``skip_writer``, ...).
+        kwargs: passed to ``BundleInferTask`` (``type``, ``dropout``, ``train_mode``, ``skip_writer``, ...);
+            ``post_filter`` defaults to ``None``: the post-processing is the bundle's list without its ``saver``.
     """
 
     def __init__(self, path: str, conf: dict[str, str], load_strict: bool = True, **kwargs: Any):
+        # the bundle's file writer is left out by its id ("saver", see post_transforms), not by type
+        kwargs.setdefault("post_filter", None)
         super().__init__(path, conf, load_strict=load_strict, **kwargs)
         if not self.valid:
             return
@@ -126,6 +134,13 @@ class ResUNetInferTask(BundleInferTask):
                 f"(POST /train/{os.path.basename(self.bundle_path)}) or copy a trained model.pt into the bundle.",
             )
         return super().__call__(request, callbacks)
+
+    def post_transforms(self, data=None):
+        """The bundle's ``postprocessing`` without the step that is its ``saver`` entry (MONAI Label writes the
+        label itself)."""
+        post = list(super().post_transforms(data))
+        saver = self.bundle_config.get_parsed_content(SAVER_ID) if SAVER_ID in self.bundle_config else None
+        return [t for t in post if saver is None or t is not saver]
 
     def run_pre_transforms(self, data: dict[str, Any], transforms):
         spacing_keys = {k for t in transforms if isinstance(t, Spacingd) for k in t.keys}

@@ -1,17 +1,25 @@
 """How a network executes, without changing what it computes or what it saves: channels-last memory layout,
 bfloat16 autocast on CPUs that have bf16 matrix units, and ``torch.compile``. Bundle flags switch all three;
-``pipelines/benchmark_speed.py`` measures the first two."""
+their measured effect is in the 3D bundle's ``docs/experiments.md``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from monai_resunet.config_flags import as_bool
 
-__all__ = ["to_channels_last", "cpu_has_bf16", "autocast_cpu_bf16", "configure_execution"]
+__all__ = [
+    "to_channels_last",
+    "cpu_has_bf16",
+    "autocast_cpu_bf16",
+    "CpuBf16Autocast",
+    "OnnxRuntimeNetwork",
+    "configure_execution",
+]
 
 
 def to_channels_last(network: nn.Module, enabled: bool = True) -> nn.Module:
@@ -21,8 +29,7 @@ def to_channels_last(network: nn.Module, enabled: bool = True) -> nn.Module:
 
     A convolution whose weight is channels-last produces channels-last outputs, so inputs need no conversion
     and every later layer follows. The weights' values (and a saved ``state_dict``) are unchanged; only their
-    strides are. Measured on the 2-core dev CPU (``pipelines/results/speed_benchmark.md``): a ResUNet 64³
-    training step 1.26 s → 0.87 s, MONAI ``UNet`` 0.56 s → 0.38 s.
+    strides are. Faster convolutions on CPU (measurements: the 3D bundle's ``docs/experiments.md``).
 
     Args:
         network: the network, already on its device.
@@ -74,15 +81,66 @@ class _AutocastHooks:
         return output
 
 
+class CpuBf16Autocast(nn.Module):
+    """Runs a wrapped module (a TorchScript export, which takes no Python hooks) under bfloat16 autocast on CPU
+    inputs and hands back float32, as :func:`autocast_cpu_bf16`'s hooks do for an eager network.
+
+    Args:
+        module: the module to run, e.g. ``torch.jit.load("models/model.ts")``.
+
+    Example::
+
+        net = CpuBf16Autocast(torch.jit.load("models/model.ts"))
+    """
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self._resunet_bf16_hooks = True  # marks it as already autocast, like the hooked eager network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=x.device.type == "cpu"):
+            out = self.module(x)
+        return out.float() if isinstance(out, torch.Tensor) and out.dtype == torch.bfloat16 else out
+
+
+class OnnxRuntimeNetwork(nn.Module):
+    """An ONNX export run by onnxruntime behind the ``nn.Module`` interface, so a bundle's inferers and
+    post-processing run it unchanged. Inputs are passed as float32 CPU arrays; outputs come back on the input's
+    device.
+
+    Args:
+        path: the ``.onnx`` file (``python -m monai.bundle onnx_export ...``).
+        providers: onnxruntime execution providers (default ``["CPUExecutionProvider"]``).
+
+    Example (bundle command line, with ``handlers#0#_disabled_ true`` as no ``model.pt`` is loaded)::
+
+        --network_def "$monai_resunet.networks.execution.OnnxRuntimeNetwork(@bundle_root + '/models/model.onnx')"
+    """
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
+        super().__init__()
+        try:
+            import onnxruntime
+        except ImportError as e:
+            raise ImportError(f"{path}: running an ONNX model needs onnxruntime (pip install onnxruntime).") from e
+        self.session = onnxruntime.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().float().cpu().numpy())
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0]).to(x.device)
+
+
 def autocast_cpu_bf16(network: nn.Module, enabled: bool = True) -> nn.Module:
     """Run ``network``'s forward under bfloat16 autocast when its input is on the CPU; outputs come back float32.
 
     MONAI's engines and inferers only autocast on CUDA (``amp=True``); this gives CPUs with bf16 matrix units
     (Intel AMX / AVX512-BF16, see :func:`cpu_has_bf16`) the same mixed precision. Weights, gradients and the
     optimizer stay float32 (autocast casts per operation), the ``state_dict`` is unchanged (forward hooks, no
-    wrapper), and the network still scripts/exports as before (hooks are not part of the graph). Measured on the
-    2-core dev CPU (AMX): a ResUNet 64³ training step 0.37 s → 0.25 s, MONAI ``UNet`` 0.20 s → 0.14 s
-    (batch 2, channels-last).
+    wrapper), and the network still scripts/exports as before (hooks are not part of the graph). A TorchScript module
+    (which takes no hooks) comes back wrapped in :class:`CpuBf16Autocast` instead (measurements:
+    the 3D bundle's ``docs/experiments.md``).
 
     Args:
         network: the network.
@@ -95,6 +153,8 @@ def autocast_cpu_bf16(network: nn.Module, enabled: bool = True) -> nn.Module:
     """
     if not enabled or getattr(network, "_resunet_bf16_hooks", None) is not None:
         return network
+    if isinstance(network, torch.jit.ScriptModule):  # scripted modules take no Python hooks: wrap instead
+        return CpuBf16Autocast(network)
     hooks = _AutocastHooks()
     network.register_forward_pre_hook(hooks.enter)
     network.register_forward_hook(hooks.exit, always_call=True)  # leave autocast even if forward raises

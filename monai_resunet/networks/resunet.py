@@ -96,19 +96,11 @@ class ResUNet(nn.Module):
         full_res_features: channels of that full-resolution stage (``stem_stride=2`` only); default
             ``features[0] // 2``.
         full_res: what restores the input's resolution after a stride-2 stem (``stem_stride=2`` only):
-            ``"block"`` (default) the residual stage above; ``"conv"`` a single 3×3 convolution (norm, act) on the
-            up-sampled features and the input, half the block's full-resolution work; ``"interpolate"`` no
-            full-resolution layer at all: the head runs at half resolution and its logits are up-sampled
-            (tri/bi)linearly, as DeepLab does; ``"deconv"`` the same interpolated logits plus a learned
-            sub-voxel correction: a stride-2 transposed convolution (kernel 2: its windows do not overlap, so
-            none of the uneven-overlap checkerboard of odd kernels) maps each half-resolution voxel's features to
-            the logits of the ``2 ** spatial_dims`` voxels it covers. It starts at zero, so an untrained network
-            predicts what ``"interpolate"`` does, and costs ``features[0] * out_channels`` multiply-adds per
-            output voxel, no full-resolution feature map. Full-resolution layers with few channels run far below
-            the CPU's peak: profiled on 2 CPU cores, the ``"block"`` stage was 45 % of a 2-patch 64³ training step
-            of the 5-level bundle network, and ``"interpolate"`` took the step from 0.57 s to 0.38 s
-            (``bundles/resunet3d_segmentation/docs/README.md``). It trades boundary detail finer than two voxels
-            for steps per second; ``"deconv"`` learns some of it back.
+            ``"block"`` (default) the residual stage above; ``"conv"`` one 3×3 convolution on the up-sampled features
+            and the input; ``"interpolate"`` none, the half-resolution logits up-sampled linearly (as DeepLab);
+            ``"deconv"`` those plus a zero-initialised stride-2, kernel-2 transposed convolution (no checkerboard)
+            learning a sub-voxel correction. The last two trade detail finer than two voxels for speed (profile:
+            the 3D bundle's ``docs/experiments.md``).
 
     Example::
 

@@ -1,6 +1,10 @@
-"""Named transform chains shared by every bundle config (3D and 2D, train, evaluate, infer), so the
-pre-processing is written once: a deterministic part (cacheable, invertible for ``Invertd``) and a random
-augmentation part, the split the MONAI model zoo uses."""
+"""The bundles' transform lists as Python calls, for scripts (the benchmarks, the planner) that build the same
+pipeline with other arguments: a deterministic part (cacheable, invertible for ``Invertd``) and a random
+augmentation part, the split the MONAI model zoo uses.
+
+The bundles do not call these: their ``train.json``/``inference.json``/``evaluate.json`` list the same transforms
+as ``_target_`` entries, so each step can be overridden by id; ``tests/test_augmentation.py`` checks that the two
+build the same transforms."""
 
 from __future__ import annotations
 
@@ -11,7 +15,6 @@ from monai.transforms import (
     CropForegroundd,
     EnsureChannelFirstd,
     EnsureTyped,
-    LoadImaged,
     Orientationd,
     RandAffined,
     RandFlipd,
@@ -26,6 +29,7 @@ from monai.utils import ensure_tuple
 from monai_resunet.data.nifti_reader import FastNibabelReader
 from monai_resunet.data.sitk_reader import SimpleITKReader
 from monai_resunet.transforms.intensity import NormalizeByModalityd, foreground_select_fn
+from monai_resunet.transforms.io import LoadImageBySuffixd
 from monai_resunet.transforms.sampling import FusedResampling, class_balanced_crop
 from monai_resunet.transforms.slab_spacing import SlabSpacingd
 from monai_resunet.transforms.slices import AddNeighbourSlicesd, slice_sampling
@@ -44,6 +48,7 @@ def segmentation_preprocessing(
     reader=None,
     slice_axis: int = 2,
     num_neighbours: int = 0,
+    ct_target_range: Sequence[float] = (0.0, 1.0),
 ) -> list[Transform]:
     """Load → channel first → RAS → crop to the body → resample to ``pixdim`` → normalise by modality → pad.
 
@@ -56,6 +61,8 @@ def segmentation_preprocessing(
         pixdim: target voxel size in mm; ``None`` keeps the native spacing.
         modality: ``"CT"`` (window to [0, 1]) or ``"MR"``/other (non-zero z-score).
         ct_window: Hounsfield window for CT.
+        ct_target_range: what the CT window maps to (default [0, 1]; a plan's z-scored range, see
+            ``NormalizeByModalityd``).
         crop_foreground: crop to the bounding box of the body (raw intensity > 0, or > -500 HU for CT).
         pad_size: pad (symmetrically) to at least this spatial size, so random crops never fail on small
             volumes; ``None`` for no padding.
@@ -74,15 +81,14 @@ def segmentation_preprocessing(
     label_keys = [k for k in keys if k != image_key]
     # load in the file's own dtype (MONAI's default casts to float32 at once): a CT's int16 stays 2 bytes a voxel
     # until the spacing step resamples the body crop into float32, one slab at a time, so the full field of view
-    # never exists in float32. The output is the same; on a 512×512×1000 CT the load stage's peak RSS fell from
-    # 2,548 to 1,547 MiB (pipelines/results/speed_benchmark.md)
+    # never exists in float32. The output is the same, the load stage's peak memory lower (3D bundle's
+    # docs/experiments.md)
     # each file goes to the last-registered reader that claims its suffix (MONAI's choice by suffix, so a reader's
     # error is reported, not papered over by another reader): the caller's reader (a DICOM series reader), then
-    # FastNibabelReader for NIfTI (ISA-L inflation, torch's threaded C-order copy: 2.2 → 1.0 s on a 512×512×300 CT),
+    # FastNibabelReader for NIfTI (ISA-L inflation, torch's threaded C-order copy: about twice as fast),
     # SimpleITKReader for NRRD/MHA (MONAI's ITKReader would need itk), then MONAI's defaults
-    load = LoadImaged(keys, image_only=True, dtype=None)
-    for r in [FastNibabelReader(), SimpleITKReader(), *([] if reader is None else ensure_tuple(reader))]:
-        load.register(r)
+    readers = [FastNibabelReader(), SimpleITKReader(), *([] if reader is None else ensure_tuple(reader))]
+    load = LoadImageBySuffixd(keys, readers=readers, image_only=True, dtype=None)
     chain: list[Transform] = [
         load,
         EnsureChannelFirstd(keys),
@@ -90,7 +96,7 @@ def segmentation_preprocessing(
     ]
     # crop to the body before resampling, so only the body is resampled (on a CT, resampling the air around it
     # made the spacing step the peak-memory stage), and resample in float32 (MONAI's default float64 doubles
-    # the buffers for no visible difference: max 1e-4 on [0, 1] intensities, pipelines/results/speed_benchmark.md).
+    # the buffers for no visible difference, 3D bundle's docs/experiments.md).
     # SlabSpacingd is MONAI's Spacingd sampled slab by slab (same output, metadata and inverse): on a 512×512×1000
     # CT MONAI's whole-volume sampling grid made this the peak-memory stage of inference
     if crop_foreground:
@@ -98,7 +104,9 @@ def segmentation_preprocessing(
     if pixdim is not None:
         modes = ["bilinear" if k == image_key else "nearest" for k in keys]
         chain.append(SlabSpacingd(keys, pixdim=pixdim, mode=modes, dtype=np.float32))
-    chain.append(NormalizeByModalityd(image_key, modality=modality, ct_window=ct_window))
+    chain.append(
+        NormalizeByModalityd(image_key, modality=modality, ct_window=ct_window, ct_target_range=ct_target_range)
+    )
     if pad_size is not None:
         chain.append(SpatialPadd(keys, spatial_size=pad_size))
     if num_neighbours:
@@ -135,19 +143,16 @@ def segmentation_augmentation(
     axis, a random rotation (±15° about each axis) and scaling (±10 %) of 30 % of the patches, and intensity
     scale/shift.
 
-    Why these defaults: flips, small rotations and scaling are nnU-Net's spatial augmentation (it applies rotation
-    and scaling with probability 0.2 each, about a third of its patches get one or both); they are what lets a
-    network trained on a few scans generalise to new ones (Colin27 benchmark, one training image: held-out mean
-    Dice 0.818 → 0.831 with the affine step at equal CPU time, ``pipelines/results/colin27/``). 90° rotations are
-    off by default: after ``Orientationd("RAS")`` every scan has the same anatomical orientation, so a rotated
-    patch shows the network an anatomy it will never see at inference time; turn them on for data without a
-    canonical orientation (microscopy, ultrasound). Flips mirror every axis, as nnU-Net does; by the same argument
-    ``flip_axes=(0,)`` (left-right only, axis 0 after RAS) keeps anatomy upright: on Colin27 it gave 0.835 vs 0.829
-    and 0.831 held-out mean Dice (6-minute runs, within run-to-run noise), too little evidence to change the
-    default every benchmark row was measured with. The affine step costs ≈ 16 ms per 64³ patch on one core.
-    nnU-Net's wider ranges (``rotate_range=0.52``, ``scale_range=(-0.3, 0.4)``) with the patch resampled from the
-    volume (``resample_from_volume=True``, no zero corners) scored 0.842 at two seeds against 0.843–0.846 with these
-    defaults, HD95 2.8–3.0 mm against 2.3–2.4: no gain in a 6-minute budget, so the defaults stay (they are options).
+    Why these defaults: flips, small rotations and scaling are nnU-Net's spatial augmentation (it applies rotation and
+    scaling with probability 0.2 each, about a third of its patches get one or both); they are what lets a network
+    trained on a few scans generalise to new ones (results: the 3D bundle's ``docs/experiments.md``). 90° rotations are
+    off by default: after ``Orientationd("RAS")`` every scan has the same anatomical orientation, so a rotated patch
+    shows the network an anatomy it will never see at inference time; turn them on for data without a canonical
+    orientation (microscopy, ultrasound). Flips mirror every axis, as nnU-Net does; by the same argument
+    ``flip_axes=(0,)`` (left-right only, axis 0 after RAS) keeps anatomy upright; it scored within run-to-run noise of
+    the default, too little evidence to change the default every benchmark was measured with. nnU-Net's wider ranges
+    (``rotate_range=0.52``, ``scale_range=(-0.3, 0.4)``) with the patch resampled from the volume
+    (``resample_from_volume=True``) gained nothing in a short budget, so the defaults stay (they are options).
 
     Args:
         keys: image and label keys.

@@ -3,7 +3,7 @@
 ``Invertd(nearest_interp=True)`` replays the inverse of every pre-processing step: for ``Spacingd`` that is a
 ``grid_sample`` over the whole volume in float (a float32/float64 copy of the label and a coordinate grid of
 3 floats per output voxel), which made the inversion the peak-memory stage of whole-scan inference
-(``pipelines/results/speed_benchmark.md``). But the steps of ``segmentation_preprocessing`` (orientation, spacing,
+(the 3D bundle's ``docs/experiments.md``). But the steps of ``segmentation_preprocessing`` (orientation, spacing,
 crop, pad) only permute, flip, scale and shift the voxel axes, so the map from an input voxel to its nearest
 network voxel is separable: one index vector per axis. ``InvertLabelMapd`` computes those vectors from the two
 affines and gathers the labels directly into a label volume of the input's size and integer dtype.

@@ -28,14 +28,14 @@ def class_balanced_crop(
     ``ClassesToIndicesd``, which finds each class's voxels once per volume.
 
     Without the indices, ``RandCropByLabelClassesd`` scans the whole label for every class on every call
-    (261 ms per patch on a 256×256×200 label with 3 classes, 2 CPU cores; 42 ms with them). With them first and
+    (several times slower per patch; measured in the 3D bundle's ``docs/experiments.md``). With them first and
     deterministic, ``CacheDataset`` (which caches up to the first random transform) stores them with the volume,
     so an iteration only draws centres. ``max_centres_per_class`` keeps that many evenly spaced (raster order)
     candidates of each class (``None``: all voxels).
 
     Centres are *not* restricted to an intensity range unless ``image_key`` is given: MONAI's examples restrict
-    them to ``image > 0``, which after an MR z-score leaves out every voxel darker than the mean — on Colin27,
-    78–81 % of the caudate, hippocampus and amygdala voxels could never be a patch centre.
+    them to ``image > 0``, which after an MR z-score leaves out every voxel darker than the mean, most of some
+    grey-matter structures (see the 3D bundle's ``docs/experiments.md``).
 
     Args:
         keys: keys to crop (image and label).
@@ -72,9 +72,8 @@ class FusedResampling(Compose):
     the rotated or zoomed-out patch reaches past the crop it shows the image around it, not zero padding, as nnU-Net
     samples its augmented patches from the whole case; an unrotated patch stays a plain crop (MONAI's
     integer-translation fast path), and the patch is interpolated once instead of once per transform.
-    It costs more than cropping first: MONAI's lazy resampling converts and samples the whole volume, so on a
-    256×256×200 volume a 96³ patch took 89 ms on average instead of 26 ms with rotation/scaling on 30 % of the
-    patches, 217 ms instead of 92 ms with it on every patch (one CPU thread).
+    It costs more than cropping first: MONAI's lazy resampling converts and samples the whole volume (timings:
+    the 3D bundle's ``docs/experiments.md``).
 
     Example::
 
