@@ -221,6 +221,9 @@ class ResUNetTrainTask(BundleTrainTask):
                 "(network_data_format.outputs.pred.channel_def).",
             )
         overrides["class_names"] = list(props["class_names"])
+        # fine-tuning keeps the recipe the weights were trained with (below): no plan from a data-set folder here
+        if "use_plan" in self.bundle_config:
+            overrides["use_plan"] = False
         for key in PIPELINE_PROPERTIES:
             if key in props and self.bundle_config.get(key) is not None:
                 overrides[key] = props[key]
