@@ -216,13 +216,11 @@ class _RecordingSegmenter(Segmenter):
 
 def _rank_device(requested: str | None) -> torch.device:
     """``cuda:LOCAL_RANK`` for ``None`` or ``"cuda"`` when CUDA exists, else the CPU; any other choice as given."""
+    from monai_resunet.engines.distributed import distributed_device
+
     if requested not in (None, "cuda"):
         return torch.device(requested)
-    if torch.cuda.is_available():
-        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
-        torch.cuda.set_device(device)
-        return device
-    return torch.device("cpu")
+    return distributed_device()
 
 
 def _peak_rss_mib() -> float:
