@@ -285,6 +285,37 @@ def test_channels_last_changes_the_layout_not_the_result(dims, layout):
     ResUNet(dims, 1, 2, features=(4, 8, 16), stem_stride=2, up_kernel_size=1).load_state_dict(state)
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+def test_strided_projection_equals_a_strided_one_by_one_convolution(dims):
+    block = ResidualBasicBlock(dims, 3, 8, stride=2)
+    x = torch.rand(2, 3, *(9,) * dims)
+    conv = (torch.nn.functional.conv2d if dims == 2 else torch.nn.functional.conv3d)
+    expected = conv(x, block.shortcut.conv.weight, stride=2)
+    assert block.shortcut.conv.weight.shape[2:] == (1,) * dims
+    assert block(x).shape == expected.shape
+    torch.testing.assert_close(block.shortcut(x[:, :, ::2, ::2] if dims == 2 else x[:, :, ::2, ::2, ::2]), expected)
+
+
+def test_channels_last_training_with_a_few_input_channels_survives(tmp_path):
+    """A strided 1×1 convolution on channels-last input with 2-7 channels corrupts memory in oneDNN's AVX2 backward
+    (a hang with 2 threads, a segfault with 1): the 2D bundle with neighbour slices (3 channels) hit it. One thread
+    makes it crash at once rather than hang, so a regression fails here within the timeout."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from monai_resunet.networks import ResUNet, to_channels_last\n"
+        "for cin in (2, 3, 4, 7):\n"
+        "    net = to_channels_last(ResUNet(2, cin, 3, features=(8, 16, 32), downsample='conv', stem_stride=2))\n"
+        "    for _ in range(20):\n"
+        "        net(torch.randn(8, cin, 32, 32)).sum().backward()\n"
+    )
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_cpu_bf16_autocast_is_opt_in_float32_out_and_leaves_the_weights_alone():
     import json
     from pathlib import Path

@@ -40,15 +40,23 @@ class _ResidualBlock(nn.Module):
         self.shortcut: nn.Module
         if projection == "always" or in_channels != out_channels or stride != 1:
             self.shortcut = Convolution(
-                spatial_dims, in_channels, out_channels, strides=stride, kernel_size=1, bias=False, conv_only=True
+                spatial_dims, in_channels, out_channels, strides=1, kernel_size=1, bias=False, conv_only=True
             )
         else:
             self.shortcut = nn.Identity()
+        # the projection's stride is taken by slicing, which a 1×1 convolution without padding equals exactly:
+        # oneDNN's AVX2 strided 1×1 backward corrupts memory on channels-last input with 2-7 channels (torch 2.13)
+        self.stride, self.spatial_dims = stride, spatial_dims
         self.body: nn.Module = nn.Identity()  # set by subclasses
         self.act = Act[split_args(act)[0]](**split_args(act)[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.body(x) + self.shortcut(x))
+        s = x
+        if self.stride != 1:
+            s = x[:, :, :: self.stride, :: self.stride]
+            if self.spatial_dims == 3:
+                s = s[..., :: self.stride]
+        return self.act(self.body(x) + self.shortcut(s))
 
 
 class ResidualBasicBlock(_ResidualBlock):
