@@ -17,8 +17,7 @@ from pipelines.benchmarks import speed as bench  # noqa: E402
 from pipelines.benchmarks.common import OPTIONAL_HEAVY_PACKAGES  # noqa: E402
 
 
-# slow: in the same process as the 2D bundle's training test it ends in a C++ abort inside backward (cause not found
-# yet); .ci/run runs it in a pytest process of its own
+# slow (minutes on 2 cores): .ci/run runs it after the default suite
 @pytest.mark.slow
 def test_quick_run_writes_report(tmp_path):
     report = bench.main(["--quick", "--out", str(tmp_path)])

@@ -51,7 +51,13 @@ def test_wheel_lists_every_subpackage_and_the_bundles():
     """pyproject lists the packages (the bundles are mapped in from bundles/); a new sub-package must be added."""
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "monai_resunet").rglob("__init__.py")}
-    assert found | {"monai_resunet.bundles"} == set(setuptools["packages"])
+    bundle_folders = {
+        f"monai_resunet.bundles.{b.name}{sub}"
+        for b in BUNDLES.iterdir()
+        if (b / "configs").is_dir()
+        for sub in ("", ".configs", ".docs")
+    }
+    assert found | {"monai_resunet.bundles"} | bundle_folders == set(setuptools["packages"])
     assert setuptools["package-dir"]["monai_resunet.bundles"] == "bundles"
 
 

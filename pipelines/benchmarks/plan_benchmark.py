@@ -11,6 +11,8 @@ Arms (``--arms``):
   the bundle's ResUNet (``planning.DEFAULT_NETWORK``, 4 levels);
 * ``plan-resunet``: the plan beside the data (made when missing): its spacing, patch, batch, normalisation,
   mirroring axes and number of levels;
+* ``fixed-planned-mirroring``: the fixed recipe with only its mirroring axes taken from the plan, which separates
+  what the mirroring rule alone is worth from the rest of the plan;
 * ``plan-unet``: MONAI ``UNet`` reference (channels 16…128, 2 residual units, instance norm) with the plan's
   recipe, one stride-2 level per planned level below the top.
 
@@ -38,7 +40,7 @@ from typing import Any
 
 from pipelines.benchmarks.common import loadavg, machine_info, machine_line, write_json
 
-ARMS = ("fixed-resunet", "plan-resunet", "plan-unet")
+ARMS = ("fixed-resunet", "fixed-planned-mirroring", "plan-resunet", "plan-unet")
 FIXED = {"pixdim": [1.0, 1.0, 1.0], "patch_size": [64, 64, 64], "batch_size": 2, "mirror_axes": [0, 1, 2]}
 WARMUP_FRACTION = 0.05
 
@@ -59,6 +61,9 @@ def recipe(arm: str, dataset_dir: str, fixed: dict[str, Any] | None = None) -> d
     if arm == "fixed-resunet":
         return {**FIXED, **(fixed or {}), "modality": modality, "num_levels": 4, "network": "resunet"}
     plan = ensure_plan(dataset_dir)
+    if arm == "fixed-planned-mirroring":
+        fixed_recipe = {**FIXED, **(fixed or {}), "mirror_axes": plan["mirror_axes"]}
+        return {**fixed_recipe, "modality": modality, "num_levels": 4, "network": "resunet"}
     keys = ("pixdim", "patch_size", "batch_size", "mirror_axes", "num_levels", "ct_window", "ct_target_range")
     out = {k: plan[k] for k in keys if k in plan}
     return {**out, "modality": modality, "network": "unet" if arm == "plan-unet" else "resunet"}
@@ -205,14 +210,16 @@ def time_to(curve: list[dict], target: float) -> float | None:
     return next((p["train_s"] for p in curve if p["mean_dice"] >= target), None)
 
 
-def summary(rows: list[dict], dataset_dir: str, seconds: float, info: dict, load_start: str, clock: str) -> str:
+def summary(
+    rows: list[dict], dataset_dir: str, seconds: float, info: dict, load_start: str, clock: str, seed: int
+) -> str:
     fixed = next((r for r in rows if r["arm"] == "fixed-resunet" and "error" not in r), None)
     planned = next((r for r in rows if r["arm"] == "plan-resunet" and "error" not in r), None)
     lines = [
         f"### {Path(dataset_dir).name}",
         "",
         f"{machine_line(info)}; load average at start {load_start}; {seconds:g} {clock} s of training per arm "
-        "(cpu: the process's CPU seconds, all threads), one seed.",
+        f"(cpu: the process's CPU seconds, all threads), seed {seed}.",
         "",
         "| arm | spacing mm | patch × batch | mirrored axes | levels | steps | mean Dice | mean HD95 mm "
         "| train s to the peer's final Dice | wall s |",
@@ -275,9 +282,10 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(json.loads(result.read_text()))
         else:
             rows.append({"arm": arm, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "?"})
-    text = summary(rows, args.dataset_dir, args.seconds, info, load_start, args.clock)
+    text = summary(rows, args.dataset_dir, args.seconds, info, load_start, args.clock, args.seed)
     (out / "summary.md").write_text(text)
-    write_json(out / "results.json", {"machine": info, "load_start": load_start, "rows": rows}, indent=2)
+    results = {"machine": info, "load_start": load_start, "seed": args.seed, "rows": rows}
+    write_json(out / "results.json", results, indent=2)
     print(text)
     return 0
 
