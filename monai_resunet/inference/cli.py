@@ -101,7 +101,7 @@ def run_segment(args: argparse.Namespace) -> int:
 
     from monai_resunet.data.dicom_series import input_summary
     from monai_resunet.inference.archive import distributed_requested, read_input_list, run_segment_distributed
-    from monai_resunet.inference.segmenter import Segmenter
+    from monai_resunet.inference.segmenter import Segmenter, failure_reason
     from monai_resunet.inference.writers import check_dicom_seg_source, remove_partial_files
 
     try:
@@ -147,7 +147,7 @@ def run_segment(args: argparse.Namespace) -> int:
             segmenter.segment_file(path, target)
             written += 1
         except Exception as e:  # report, skip, go on with the next case
-            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            reason = failure_reason(e, path)
             failed.append((str(path), reason))
             tqdm.write(f"FAILED {path}: {reason}", file=sys.stderr)
     summary = f"{written} written, {skipped} skipped (exist), {len(failed)} failed of {len(inputs)} inputs"

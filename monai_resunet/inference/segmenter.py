@@ -23,7 +23,14 @@ from monai.transforms import Compose
 
 from monai_resunet.model_properties import read_model_properties
 
-__all__ = ["Segmenter", "CheckpointError", "InputImageError", "load_checkpoint", "transform_error_cause"]
+__all__ = [
+    "Segmenter",
+    "CheckpointError",
+    "InputImageError",
+    "load_checkpoint",
+    "transform_error_cause",
+    "failure_reason",
+]
 
 logger = logging.getLogger("monai_resunet")
 
@@ -88,6 +95,14 @@ def transform_error_cause(error: BaseException) -> BaseException:
     while isinstance(error, RuntimeError) and str(error).startswith("applying transform") and error.__cause__:
         error = error.__cause__
     return error
+
+
+def failure_reason(error: BaseException, path: str | os.PathLike | None = None) -> str:
+    """The first line of ``error`` for a per-input report line, without a leading ``"<path>: "`` (the report names
+    the input already)."""
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    prefix = f"{path}: "
+    return reason[len(prefix) :] if path is not None and reason.startswith(prefix) else reason
 
 
 def _run_transforms(chain: Compose, data: dict, source: str | os.PathLike) -> dict:

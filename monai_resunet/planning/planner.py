@@ -410,7 +410,7 @@ def ensure_plan(dataset_dir: str | os.PathLike, enabled: Any = True, **kwargs: A
     for folder in (dataset_dir, Path(tempfile.gettempdir()) / "monai_resunet_plans" / dataset_dir.resolve().name):
         if (folder / PLAN_FILE).is_file():
             return load_plan(folder / PLAN_FILE)
-    logger.warning("no %s beside %s: planning from the training data (DataAnalyzer)", PLAN_FILE, dataset_dir)
+    logger.warning("no %s in %s: planning from the training data (DataAnalyzer)", PLAN_FILE, dataset_dir)
     plan = plan_dataset(dataset_dir, **kwargs)
     print_plan(plan)
     return plan
