@@ -7,8 +7,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import pytest
-
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # the benchmarks run from the repository root: python -m pipelines.benchmarks.speed
     sys.path.insert(0, str(REPO))
@@ -17,8 +15,6 @@ from pipelines.benchmarks import speed as bench  # noqa: E402
 from pipelines.benchmarks.common import OPTIONAL_HEAVY_PACKAGES  # noqa: E402
 
 
-# slow (minutes on 2 cores): .ci/run runs it after the default suite
-@pytest.mark.slow
 def test_quick_run_writes_report(tmp_path):
     report = bench.main(["--quick", "--out", str(tmp_path)])
 

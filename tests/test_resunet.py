@@ -289,7 +289,7 @@ def test_channels_last_changes_the_layout_not_the_result(dims, layout):
 def test_strided_projection_equals_a_strided_one_by_one_convolution(dims):
     block = ResidualBasicBlock(dims, 3, 8, stride=2)
     x = torch.rand(2, 3, *(9,) * dims)
-    conv = (torch.nn.functional.conv2d if dims == 2 else torch.nn.functional.conv3d)
+    conv = torch.nn.functional.conv2d if dims == 2 else torch.nn.functional.conv3d
     expected = conv(x, block.shortcut.conv.weight, stride=2)
     assert block.shortcut.conv.weight.shape[2:] == (1,) * dims
     assert block(x).shape == expected.shape

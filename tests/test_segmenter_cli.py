@@ -162,7 +162,8 @@ def test_failure_reason_names_the_input_once():
     from monai_resunet.inference.segmenter import failure_reason
 
     missing = "/data/ct/patient01"
-    assert failure_reason(FileNotFoundError(f"{missing}: no such file or folder."), missing) == "no such file or folder."
+    error = FileNotFoundError(f"{missing}: no such file or folder.")
+    assert failure_reason(error, missing) == "no such file or folder."
     assert failure_reason(ValueError("first line\nsecond"), "other") == "first line"
     assert failure_reason(RuntimeError()) == "RuntimeError"
 
