@@ -250,7 +250,8 @@ def test_batch_with_every_failure_class(batch, tmp_path):
                   for line in result.stdout.splitlines() if line.startswith("  failed: "))  # fmt: skip
     for path, reason in batch["bad"].items():
         assert path in failed, f"{path} not reported as failed:\n{log[-3000:]}"
-        assert reason.lower() in failed[path].lower(), f"{path}: {failed[path]!r} lacks {reason!r}"
+        line = f"{path}: {failed[path]}"  # the line names the input once, then the reader's reason
+        assert reason.lower() in line.lower(), f"{line!r} lacks {reason!r}"
         assert "Traceback" not in failed[path]
     for path in batch["either"]:
         if path in failed:  # refused: named, with a reason, and not a library's internal error
