@@ -3,7 +3,7 @@ end-to-end run of a real MONAI Label 0.8.5 server on 127.0.0.1 in the label venv
 inference on a datastore image and on an uploaded file (label on the image's grid), the no-weights answer, a
 1-epoch training job over REST, then entropy scoring and the active-learning strategy.
 
-The end-to-end test skips only when the label venv does not exist (it is never built here: ~5.5 GB); CI builds it
+The end-to-end test skips only when the label venv does not exist (it is never built here: several GB); CI builds it
 with ``bash pipelines/deploy/label_env.sh`` before pytest. For speed on 2 CPU cores it shrinks the network in the app's
 copy of the 3D bundle (3 levels, 8-32 features) and trains at 3 mm; the bundle's real network is covered by
 tests/test_bundle3d.py.
@@ -243,7 +243,7 @@ def test_train_task_decides_on_pretrained_weights_per_request(tmp_path):
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(
     not LABEL_PYTHON.is_file(),
-    reason=f"MONAI Label venv not found at {LABEL_VENV}: build it with `bash pipelines/deploy/label_env.sh` (~5.5 GB, "
+    reason=f"MONAI Label venv not found at {LABEL_VENV}: build it with `bash pipelines/deploy/label_env.sh` (several GB, "
     "3 minutes; set MONAI_RESUNET_LABEL_VENV to use another one)",
 )
 def test_monai_label_server_infer_train_active_learning(tmp_path):
