@@ -243,7 +243,8 @@ class ResUNetDICOMWebDatastore(DICOMWebDatastore):
         given = params.get("label_info") or []
         model = params.get("model") or next((i.get("model_name") for i in given if isinstance(i, dict)), None)
         model_name, class_names = self.classes_of(model)
-        values = [int(v) for v in np.unique(sitk.GetArrayViewFromImage(sitk.ReadImage(label_filename))) if v != 0]
+        # a copy, not GetArrayViewFromImage: a view of the temporary image reads freed memory once it is collected
+        values = [int(v) for v in np.unique(sitk.GetArrayFromImage(sitk.ReadImage(label_filename))) if v != 0]
         info = segment_attributes(class_names, values, model_name)
         by_id = {
             int(i["segmentAttribute"]["labelID"]): i
