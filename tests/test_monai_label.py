@@ -243,8 +243,8 @@ def test_train_task_decides_on_pretrained_weights_per_request(tmp_path):
 @pytest.mark.timeout(600)
 @pytest.mark.skipif(
     not LABEL_PYTHON.is_file(),
-    reason=f"MONAI Label venv not found at {LABEL_VENV}: build it with `bash pipelines/deploy/label_env.sh` (several GB, "
-    "3 minutes; set MONAI_RESUNET_LABEL_VENV to use another one)",
+    reason=f"MONAI Label venv not found at {LABEL_VENV}: build it with `bash pipelines/deploy/label_env.sh` "
+    "(several GB, 3 minutes; set MONAI_RESUNET_LABEL_VENV to use another one)",
 )
 def test_monai_label_server_infer_train_active_learning(tmp_path):
     timings = {}

@@ -300,6 +300,7 @@ def test_channels_last_training_with_a_few_input_channels_survives(tmp_path):
     """A strided 1×1 convolution on channels-last input with 2-7 channels corrupts memory in oneDNN's AVX2 backward
     (a hang with 2 threads, a segfault with 1): the 2D bundle with neighbour slices (3 channels) hit it. One thread
     makes it crash at once rather than hang, so a regression fails here within the timeout."""
+    import os
     import subprocess
     import sys
 
@@ -311,7 +312,7 @@ def test_channels_last_training_with_a_few_input_channels_survives(tmp_path):
         "    for _ in range(5):\n"
         "        net(torch.randn(8, cin, 32, 32)).sum().backward()\n"
     )
-    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
 

@@ -58,12 +58,12 @@ def recipe(arm: str, dataset_dir: str, fixed: dict[str, Any] | None = None) -> d
     from monai_resunet.planning import ensure_plan
 
     modality = msd_modality(dataset_dir)
-    if arm == "fixed-resunet":
-        return {**FIXED, **(fixed or {}), "modality": modality, "num_levels": 4, "network": "resunet"}
+    if arm in ("fixed-resunet", "fixed-planned-mirroring"):
+        r = {**FIXED, **(fixed or {}), "modality": modality, "num_levels": 4, "network": "resunet"}
+        if arm == "fixed-planned-mirroring":
+            r["mirror_axes"] = ensure_plan(dataset_dir)["mirror_axes"]
+        return r
     plan = ensure_plan(dataset_dir)
-    if arm == "fixed-planned-mirroring":
-        fixed_recipe = {**FIXED, **(fixed or {}), "mirror_axes": plan["mirror_axes"]}
-        return {**fixed_recipe, "modality": modality, "num_levels": 4, "network": "resunet"}
     keys = ("pixdim", "patch_size", "batch_size", "mirror_axes", "num_levels", "ct_window", "ct_target_range")
     out = {k: plan[k] for k in keys if k in plan}
     return {**out, "modality": modality, "network": "unet" if arm == "plan-unet" else "resunet"}
