@@ -47,7 +47,9 @@ def test_shared_config_pieces_match_the_3d_bundle():
             steps = [s[part] for s in steps]
         assert steps[0][:6] == steps[1][:6], config
     two, three = load(NAME, "train.json"), load("resunet3d_segmentation", "train.json")
-    for key in ("losses", "loss", "optimizer", "lr_scheduler", "device", "amp", "is_rank0", "modality", "class_names"):
+    shared = ("losses", "loss", "optimizer", "lr_scheduler", "device", "amp", "is_rank0", "modality", "class_names",
+              "use_plan", "plan")  # fmt: skip
+    for key in shared:
         assert two[key] == three[key], key
     for section in ("handlers", "trainer", "dataset", "dataloader", "preprocessing"):
         assert two["train"][section] == three["train"][section], section
@@ -63,9 +65,8 @@ def test_model_properties_are_written_with_the_weights_in_single_and_multi_gpu_t
     two = load(NAME, "train.json")
     assert two["model_properties"]["slice_axis"] == "@slice_axis"
     assert two["model_properties"]["num_neighbours"] == "@num_neighbours"
-    planned_3d_only = {"num_levels", "flip_axes"}  # the 2D bundle does not plan its levels or mirroring
-    three = set(load("resunet3d_segmentation", "train.json")["model_properties"]) - planned_3d_only
-    assert set(two["model_properties"]) > three
+    three = set(load("resunet3d_segmentation", "train.json")["model_properties"])
+    assert set(two["model_properties"]) > three  # the planned entries included (levels, mirroring)
     for name in (NAME, "resunet3d_segmentation"):
         train = load(name, "train.json")
         assert train["validate"]["best_model_saver"]["properties"] == "@model_properties"

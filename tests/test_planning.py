@@ -1,5 +1,5 @@
 """The data-set planner (``monai_resunet.planning``): spacing, normalisation, patch/levels and mirroring from
-synthetic data sets whose answers are known, the ``plan`` command, and the 3D bundle trained from a plan."""
+synthetic data sets whose answers are known, the ``plan`` command, and both bundles trained from a plan."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from monai_resunet.planning import (
     load_plan,
     mirror_overlaps,
     plan_dataset,
+    slice_plan,
 )
 
 # a small network keeps the planner's memory probe quick; its divisor (stem 2 × 2²) is 8
@@ -180,6 +181,22 @@ def test_plan_command_prints_reasons_and_keeps_an_edited_plan(tmp_path, capsys):
     assert main(["plan", "--dataset_dir", str(tmp_path / "missing")]) == 2
 
 
+def infer_on_another_grid(bundle: Path, tmp_path: Path, shape: tuple, affine: np.ndarray) -> None:
+    """``inference.json`` on a random scan of ``shape`` and ``affine``: the label map comes back on that grid."""
+    from conftest import run_workflow
+
+    scans = tmp_path / "scans"
+    (scans / "imagesTs").mkdir(parents=True)
+    image = np.random.RandomState(5).rand(*shape).astype(np.float32)
+    nib.save(nib.Nifti1Image(image, affine), scans / "imagesTs" / "odd.nii.gz")
+    out = tmp_path / "out"
+    run_workflow(bundle, ["inference.json"], "infer", dataset_dir=str(scans), output_dir=str(out))
+    pred = nib.load(out / "odd_seg.nii.gz")
+    assert pred.shape == shape
+    np.testing.assert_allclose(pred.affine, affine, atol=1e-4)
+    assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
+
+
 def test_bundle_plans_trains_and_infers_on_another_grid(bundle3d, tmp_path):
     """``run training`` without a plan beside the data makes one, trains with it and records it; inference on a
     scan at another spacing and orientation returns labels on that scan's own grid; fixed values still override."""
@@ -197,17 +214,8 @@ def test_bundle_plans_trains_and_infers_on_another_grid(bundle3d, tmp_path):
         assert props[key] == plan.get(key, props[key]), key
     assert props["flip_axes"] == plan["mirror_axes"]  # training flips only where the labels allow them
 
-    rng = np.random.RandomState(5)
     affine = np.array([[0.0, -0.7, 0.1, 20.0], [0.8, 0.0, 0.0, -5.5], [0.0, 0.05, 1.2, 30.25], [0, 0, 0, 1]])
-    scans = tmp_path / "scans"
-    (scans / "imagesTs").mkdir(parents=True)
-    nib.save(nib.Nifti1Image(rng.rand(37, 29, 23).astype(np.float32), affine), scans / "imagesTs" / "odd.nii.gz")
-    out = tmp_path / "out"
-    run_workflow(bundle3d, ["inference.json"], "infer", dataset_dir=str(scans), output_dir=str(out))
-    pred = nib.load(out / "odd_seg.nii.gz")
-    assert pred.shape == (37, 29, 23)
-    np.testing.assert_allclose(pred.affine, affine, atol=1e-4)
-    assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
+    infer_on_another_grid(bundle3d, tmp_path, (37, 29, 23), affine)
 
     def parsed(**overrides):
         parser = ConfigParser()
@@ -218,3 +226,50 @@ def test_bundle_plans_trains_and_infers_on_another_grid(bundle3d, tmp_path):
     assert parsed()["pixdim"] == plan["pixdim"]
     assert parsed(use_plan=False) == {"pixdim": [1.0, 1.0, 1.0], "patch_size": [96, 96, 96], "batch_size": 2}
     assert parsed(pixdim=[1.5, 1.5, 1.5])["pixdim"] == [1.5, 1.5, 1.5]
+
+
+def test_slice_plan_keeps_the_slices_maps_mirroring_and_sizes_a_2d_patch():
+    plan = {
+        "pixdim": [0.8, 0.8, 4.0], "mirror_axes": [0, 2], "ct_window": [-400.0, 90.0], "ct_target_range": [-4.8, 0.9],
+        "reasons": {"mirror_axes": {"0": "mirrored: why", "1": "not mirrored: why", "2": "mirrored: why"}},
+        "statistics": {"median_resampled_shape": [300.0, 250.0, 40.0], "memory_budget_bytes": 2**30},
+    }  # fmt: skip
+    axial = slice_plan(plan, slice_axis=2, network=SMALL_NET)
+    assert axial["pixdim"] == [0.8, 0.8, -1.0]  # in plane planned, slices at their own spacing
+    assert axial["mirror_axes"] == [0]  # 2D axes (volume x, y): y is not mirrored
+    assert axial["ct_window"] == [-400.0, 90.0] and axial["ct_target_range"] == [-4.8, 0.9]
+    assert axial["num_levels"] == 3 and axial["patch_size"] == [304, 256]  # median shape up to the divisor 8
+    assert "volume axis 1: not mirrored" in axial["reasons"]["mirror_axes"]["1"]
+    coronal = slice_plan(plan, slice_axis=1, network=SMALL_NET)
+    assert coronal["pixdim"] == [0.8, -1.0, 4.0] and coronal["mirror_axes"] == [0, 1]  # volume axes x and z
+    small = slice_plan(plan, slice_axis=2, network=SMALL_NET, memory_gib=2e-4)  # about 200 KiB
+    assert all(p % 8 == 0 for p in small["patch_size"]) and small["patch_size"] < axial["patch_size"]
+    assert slice_plan({}, slice_axis=2) == {}  # no plan: the configs keep their fixed values
+    levels = slice_plan({**plan, "statistics": {"median_resampled_shape": [30.0, 40.0, 9.0]}}, 2)
+    assert levels["num_levels"] == 3 and levels["patch_size"] == [32, 40]  # 5 levels would pad 30 px to 128
+
+
+def test_2d_bundle_plans_trains_and_infers_on_another_grid(bundle2d, tmp_path):
+    """The 2D bundle reads the data set's plan (in plane: spacing, patch, levels, mirroring), records it for
+    inference, and returns labels on another scan's own grid; ``use_plan=False`` keeps the fixed recipe."""
+    from monai.bundle import ConfigParser
+
+    from conftest import run_workflow
+    from monai_resunet.data import make_demo_dataset
+
+    data = make_demo_dataset(tmp_path / "ds", num_train=3, num_test=1, size=(40, 36, 26), spacing=(1.2, 1.2, 3.0))
+    run_workflow(bundle2d, ["train.json"], "train", dataset_dir=str(data), epochs=1, num_workers=0, num_samples=2)
+    expected = slice_plan(load_plan(data), slice_axis=2, num_classes=3)
+    props = json.loads((bundle2d / "models" / "model_properties.json").read_text())
+    assert props["pixdim"] == expected["pixdim"] and props["pixdim"][2] == -1.0
+    assert props["patch_size"] == expected["patch_size"] and props["num_levels"] == expected["num_levels"] < 5
+    assert props["flip_axes"] == expected["mirror_axes"]
+
+    affine = np.array([[0.0, -0.9, 0.0, 12.0], [1.1, 0.0, 0.0, -3.5], [0.0, 0.0, 2.5, 7.0], [0, 0, 0, 1]])
+    infer_on_another_grid(bundle2d, tmp_path, (33, 27, 9), affine)
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle2d / "configs" / "train.json"))
+    parser.update({"dataset_dir": str(data), "use_plan": False})
+    fixed = {k: parser.get_parsed_content(k) for k in ("pixdim", "patch_size", "flip_axes", "num_levels")}
+    assert fixed == {"pixdim": [1.0, 1.0, -1.0], "patch_size": [128, 128], "flip_axes": [0, 1], "num_levels": 5}

@@ -6,6 +6,7 @@ from monai_resunet.planning.planner import (
     CPU_MEMORY_BUDGET_GIB,
     DATASTATS_FILE,
     DEFAULT_NETWORK,
+    DEFAULT_NETWORK_2D,
     PLAN_FILE,
     activation_bytes_per_voxel,
     ensure_plan,
@@ -13,6 +14,7 @@ from monai_resunet.planning.planner import (
     plan_dataset,
     plan_from_statistics,
     print_plan,
+    slice_plan,
 )
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "CPU_MEMORY_BUDGET_GIB",
     "DATASTATS_FILE",
     "DEFAULT_NETWORK",
+    "DEFAULT_NETWORK_2D",
     "PLAN_FILE",
     "activation_bytes_per_voxel",
     "decide_mirror_axes",
@@ -29,4 +32,5 @@ __all__ = [
     "plan_dataset",
     "plan_from_statistics",
     "print_plan",
+    "slice_plan",
 ]

@@ -24,8 +24,10 @@ __all__ = [
     "PLAN_FILE",
     "DATASTATS_FILE",
     "DEFAULT_NETWORK",
+    "DEFAULT_NETWORK_2D",
     "CPU_MEMORY_BUDGET_GIB",
     "plan_dataset",
+    "slice_plan",
     "load_plan",
     "ensure_plan",
     "plan_from_statistics",
@@ -50,6 +52,12 @@ DEFAULT_NETWORK: dict[str, Any] = {
     "stem_stride": 2,
     "full_res": "interpolate",
     "up_kernel_size": 1,
+}
+# the 2D bundle's network (``resunet2d_segmentation/configs/train.json`` network_def) without its channels
+DEFAULT_NETWORK_2D: dict[str, Any] = {
+    **{k: v for k, v in DEFAULT_NETWORK.items() if k != "upsample"},
+    "features": (32, 64, 128, 256, 512),
+    "encoder_blocks": (1, 2, 2, 2, 2),
 }
 # on a CPU the step time, not the memory, limits training: a budget of training activations that keeps the patch
 # near the 64³–96³ the bundle trains with on CPU (2 patches of about 80³ for the default network)
@@ -101,29 +109,31 @@ def _network_kwargs(network: dict | None) -> dict[str, Any]:
     return {**DEFAULT_NETWORK, **(network or {})}
 
 
-def activation_bytes_per_voxel(network: dict | None = None, num_classes: int = 2) -> float:
-    """Bytes that one training sample's forward pass keeps for the backward pass, per input voxel, measured on the
-    ResUNet itself (the tensors autograd saves, for a probe patch of two samples minus one, so the weights cancel).
+def activation_bytes_per_voxel(network: dict | None = None, num_classes: int = 2, spatial_dims: int = 3) -> float:
+    """Bytes that one training sample's forward pass keeps for the backward pass, per input voxel (pixel in 2D),
+    measured on the ResUNet itself (the tensors autograd saves, for a probe patch of two samples minus one, so the
+    weights cancel).
 
     Args:
         network: ``ResUNet`` arguments other than ``spatial_dims``/channels (default: :data:`DEFAULT_NETWORK`).
         num_classes: output channels.
+        spatial_dims: 3 for the 3D network, 2 for a slice-wise one.
 
     Example::
 
         activation_bytes_per_voxel({"features": (8, 16, 32), "encoder_blocks": 1})
     """
-    return _probe(json.dumps(_network_kwargs(network), sort_keys=True), int(num_classes))
+    return _probe(json.dumps(_network_kwargs(network), sort_keys=True), int(num_classes), int(spatial_dims))
 
 
 @lru_cache(maxsize=16)
-def _probe(kwargs_json: str, num_classes: int) -> float:
+def _probe(kwargs_json: str, num_classes: int, spatial_dims: int = 3) -> float:
     import torch
 
     from monai_resunet.networks import ResUNet
 
     kwargs = json.loads(kwargs_json)
-    net = ResUNet(spatial_dims=3, in_channels=1, out_channels=num_classes, **kwargs)
+    net = ResUNet(spatial_dims=spatial_dims, in_channels=1, out_channels=num_classes, **kwargs)
     size = 2 * 2 ** (len(kwargs["features"]) - 1) * int(kwargs.get("stem_stride", 1))
 
     def saved_bytes(batch: int) -> int:
@@ -134,10 +144,10 @@ def _probe(kwargs_json: str, num_classes: int) -> float:
             return t
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            net(torch.zeros(batch, 1, size, size, size))
+            net(torch.zeros(batch, 1, *[size] * spatial_dims))
         return sum(seen.values())
 
-    return max(1.0, (saved_bytes(2) - saved_bytes(1)) / size**3)
+    return max(1.0, (saved_bytes(2) - saved_bytes(1)) / size**spatial_dims)
 
 
 def _memory_budget_bytes(memory_gib: float | None) -> tuple[float, str]:
@@ -319,6 +329,72 @@ def plan_from_statistics(
         },
     }
     return plan
+
+
+def slice_plan(
+    plan: dict[str, Any],
+    slice_axis: int = 2,
+    network: dict | None = None,
+    num_classes: int = 2,
+    memory_gib: float | None = None,
+) -> dict[str, Any]:
+    """The data set's plan (:func:`plan_dataset`) for a slice-wise 2D network: the same normalisation, the in-plane
+    target spacing with the slices at their own spacing, the in-plane mirroring axes (as 2D axes), and a 2D patch
+    and number of levels from the median in-plane shape and the memory budget. ``{}`` for an empty plan (a config
+    then keeps its fixed values).
+
+    Args:
+        plan: the 3D plan (``resunet_plan.json``), or ``{}``.
+        slice_axis: the volume axis (after RAS) the 2D network slices along.
+        network: 2D ``ResUNet`` arguments the patch is sized for (default :data:`DEFAULT_NETWORK_2D`).
+        num_classes: output channels, for the memory probe.
+        memory_gib: training-activation budget (default: the one the plan was made with).
+
+    Example (the 2D bundle's ``train.json``)::
+
+        "slice_plan": "$monai_resunet.planning.slice_plan(@plan, @slice_axis)"
+    """
+    if not plan:
+        return {}
+    in_plane = [a for a in range(3) if a != slice_axis]
+    stats = plan.get("statistics", {})
+    kwargs = _network_kwargs(network or DEFAULT_NETWORK_2D)
+    pixdim = [float(s) for s in plan["pixdim"]]
+    pixdim[slice_axis] = -1.0
+    shape = [float(stats.get("median_resampled_shape", [128.0] * 3)[a]) for a in in_plane]
+    bpp = activation_bytes_per_voxel(kwargs, num_classes=max(2, num_classes), spatial_dims=2)
+    if memory_gib is not None:
+        budget, budget_reason = _memory_budget_bytes(memory_gib)
+    else:
+        budget = float(stats.get("memory_budget_bytes", CPU_MEMORY_BUDGET_GIB * 2**30))
+        budget_reason = f"the plan's budget, {budget / 2**30:.3g} GiB"
+    stem = int(kwargs.get("stem_stride", 1))
+    max_levels = len(kwargs["features"])
+    patch, levels, bottom = _levels_and_patch(shape, [pixdim[a] for a in in_plane], bpp, budget, max_levels, stem)
+    mirror = [k for k, a in enumerate(in_plane) if a in plan.get("mirror_axes", [0, 1, 2])]
+    reasons = plan.get("reasons", {})
+    axis_reasons = reasons.get("mirror_axes", {})
+    out: dict[str, Any] = {
+        "pixdim": pixdim,
+        "patch_size": [int(p) for p in patch],
+        "num_levels": int(levels),
+        "mirror_axes": mirror,
+        **{k: plan[k] for k in ("ct_window", "ct_target_range") if k in plan},
+        "reasons": {
+            "pixdim": f"in plane: {reasons.get('pixdim', 'the plan')}; along the slices (axis {slice_axis}): each "
+            "scan's own spacing, since the 2D network never mixes slices",
+            "normalisation": reasons.get("normalisation", ""),
+            "mirror_axes": {
+                str(k): f"volume axis {a}: {axis_reasons.get(str(a), 'as planned')}" for k, a in enumerate(in_plane)
+            },
+            "patch_size": f"the median in-plane shape {[round(s) for s in shape]} at the target spacing, rounded to "
+            f"the 2D network's divisor {stem * 2 ** (levels - 1)} and shrunk until 2 slices fit the memory budget "
+            f"({budget_reason}; {bpp:.0f} bytes of training activations per pixel, measured on the network)",
+            "num_levels": f"{levels} of the 2D network's {max_levels} levels (bottom level {bottom} pixels, "
+            f"≥ {MIN_BOTTOM}, without padding the smaller in-plane axis more than {MAX_PAD_FRACTION:g}×)",
+        },
+    }
+    return out
 
 
 def _training_items(dataset_dir: Path) -> list[dict]:
