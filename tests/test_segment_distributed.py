@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from dicom_synth import AXIAL, write_series
 from monai.bundle import ConfigParser
 
 from conftest import FAST_3D, REPO, copy_bundle
@@ -50,7 +51,12 @@ def tiny(tmp_path_factory) -> dict:
     ]
     broken = root / "broken.nii.gz"
     broken.write_bytes(b"not an image")
-    return {"bundle": bundle, "cases": cases, "broken": broken, "root": root}
+    # a DICOM folder with two series: --series-uid picks the smaller one (the default would take the larger)
+    write_series(root / "two_series", n_slices=12, rows=24, cols=20, orientation=AXIAL, prefix="A", seed=1)
+    small_series = write_series(
+        root / "two_series", n_slices=8, rows=24, cols=20, orientation=AXIAL, series_number=2, prefix="B", seed=2
+    )
+    return {"bundle": bundle, "cases": cases, "broken": broken, "root": root, "series": small_series}
 
 
 def _free_port() -> int:
@@ -59,14 +65,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _segment(tiny: dict, out: Path, inputs: list[Path], nproc: int) -> subprocess.CompletedProcess:
+def _segment(tiny: dict, out: Path, inputs: list[Path], nproc: int, *options: str) -> subprocess.CompletedProcess:
     """The CLI over ``inputs`` (as an input list file) under torchrun with ``nproc`` single-thread processes."""
     listing = out.parent / f"{out.name}_inputs.txt"
     listing.write_text("# cases\n\n" + "\n".join(str(p) for p in inputs) + "\n")
     port = _free_port()
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
            "-m", "monai_resunet", "segment", "--bundle", str(tiny["bundle"]), "--device", "cpu",
-           "-o", str(out), "--input-list", str(listing), *NET_OPTIONS]  # fmt: skip
+           "-o", str(out), "--input-list", str(listing), *NET_OPTIONS, *options]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
@@ -76,13 +82,21 @@ def _labels(folder: Path) -> dict[str, np.ndarray]:
     return {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(folder.glob("*_seg.nii.gz"))}
 
 
-def _single_process(tiny: dict, out: Path) -> dict[str, np.ndarray]:
-    """The cases segmented here, in one process with one thread (as each torchrun rank runs)."""
+def _series_options(tiny: dict) -> list[str]:
+    return ["--series-uid", tiny["series"].series_uid]
+
+
+def _single_process(tiny: dict, out: Path, with_series: bool = False) -> dict[str, np.ndarray]:
+    """The cases (and the chosen DICOM series) segmented here, in one process with one thread (as each torchrun
+    rank runs)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    reader = f"$monai_resunet.data.DicomSeriesReader(series_uid={tiny['series'].series_uid!r})"
     try:
-        seg = Segmenter.from_bundle(tiny["bundle"], device="cpu", **dict(config_override(o) for o in NET))
-        for path in tiny["cases"]:
+        seg = Segmenter.from_bundle(
+            tiny["bundle"], device="cpu", image_reader=reader, **dict(config_override(o) for o in NET)
+        )
+        for path in [*tiny["cases"], *([tiny["series"].folder] if with_series else [])]:
             seg.segment_file(path, out / output_name(path, "nifti", "seg"))
     finally:
         torch.set_num_threads(threads)
@@ -90,17 +104,21 @@ def _single_process(tiny: dict, out: Path) -> dict[str, np.ndarray]:
 
 
 def test_two_ranks_match_one_process_with_one_summary_and_resume(tiny, tmp_path):
-    inputs = [*tiny["cases"][:2], tiny["broken"], *tiny["cases"][2:]]
+    inputs = [*tiny["cases"][:2], tiny["broken"], *tiny["cases"][2:], tiny["series"].folder]
     out = tmp_path / "ranks"
     out.mkdir()
+    stale = out / f".{output_name(tiny['cases'][0], 'nifti', 'seg')}.1234.partial.nii.gz"  # a killed run's
+    stale.write_bytes(b"half")
     # what a killed run left: one output written (a blank label here, so a rewrite would show)
     done = tiny["cases"][1]
     done_name = output_name(done, "nifti", "seg")
     nib.save(nib.Nifti1Image(np.zeros((2, 2, 2), np.uint8), np.eye(4)), out / done_name)
-    result = _segment(tiny, out, inputs, nproc=2)
+    result = _segment(tiny, out, inputs, 2, *_series_options(tiny))
     assert result.returncode != 0, result.stdout + result.stderr  # the broken input failed
-    reference, labels = _single_process(tiny, tmp_path / "single"), _labels(out)
-    assert sorted(labels) == sorted(reference) and len(labels) == len(tiny["cases"])
+    reference, labels = _single_process(tiny, tmp_path / "single", with_series=True), _labels(out)
+    assert sorted(labels) == sorted(reference) and len(labels) == len(tiny["cases"]) + 1
+    series_label = labels[output_name(tiny["series"].folder, "nifti", "seg")]
+    assert series_label.shape == (20, 24, 8)  # the chosen 8-slice series, on its own grid
     assert not labels.pop(done_name).any()  # skipped, not rewritten
     for name, label in labels.items():
         np.testing.assert_array_equal(label, reference[name], err_msg=name)
@@ -116,10 +134,37 @@ def test_two_ranks_match_one_process_with_one_summary_and_resume(tiny, tmp_path)
     failed = next(c for c in cases if c["status"] == "failed")
     assert failed["error"] and f"failed: {tiny['broken']}" in result.stdout
     assert summary["totals"]["world_size"] == 2
-    assert (summary["totals"]["written"], summary["totals"]["skipped"], summary["totals"]["failed"]) == (4, 1, 1)
+    assert (summary["totals"]["written"], summary["totals"]["skipped"], summary["totals"]["failed"]) == (5, 1, 1)
+    dicom = next(c for c in cases if c["input"] == str(tiny["series"].folder))
+    assert (dicom["series_uid"], dicom["series_files"]) == (tiny["series"].series_uid, 8)
+    assert tiny["series"].series_uid in dicom["read"] and "skipped 1 other series" in dicom["read"]
+    assert f"{tiny['series'].folder}: {dicom['read']}" in result.stdout  # one line per input, as the CLI prints
+    assert all(c["read"] for c in cases if c["status"] == "written")
     csv_rows = (out / "segment_summary.csv").read_text().splitlines()
     assert len(csv_rows) == 1 + len(inputs) and csv_rows[0].startswith("input,output,status,seconds,rank")
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_a_rank_checks_each_input_before_inference(tiny, tmp_path, monkeypatch, capsys):
+    """A rank's share goes through the CLI's checks first: ``--format dicom-seg`` on a NIfTI fails without any
+    inference, naming the input once; a readable input gets its "what was read" line."""
+    import argparse
+
+    from monai_resunet.inference import archive
+    from monai_resunet.inference.cli import add_segment_parser
+
+    parser = argparse.ArgumentParser()
+    add_segment_parser(parser.add_subparsers())
+    args = parser.parse_args(
+        ["segment", "--bundle", str(tiny["bundle"]), "-o", str(tmp_path), "--device", "cpu", "--format", "dicom-seg",
+         *NET_OPTIONS]
+    )  # fmt: skip
+    monkeypatch.setattr(archive._RecordingSegmenter, "segment_file", lambda *a, **k: pytest.fail("inference ran"))
+    case = tiny["cases"][0]
+    records = archive._segment_share(args, [(str(case), tmp_path / "case_seg.dcm", 1)], rank=0, show_progress=False)
+    assert records[0]["status"] == "failed" and "needs a DICOM source" in records[0]["error"]
+    assert not records[0]["error"].startswith(str(case))  # the summary line names the input already
+    assert f"FAILED {case}: " in capsys.readouterr().err
 
 
 def test_balanced_shares_are_disjoint_complete_and_balanced():

@@ -31,6 +31,7 @@ import torch
 
 from monai_resunet.atomic_files import atomic_write_bytes, full_suffix
 from monai_resunet.inference.segmenter import Segmenter, failure_reason
+from monai_resunet.inference.writers import remove_partial_files
 
 __all__ = [
     "SUMMARY_FIELDS",
@@ -47,7 +48,8 @@ __all__ = [
 logger = logging.getLogger("monai_resunet")
 
 SUMMARY_FIELDS = (
-    "input", "output", "status", "seconds", "rank", "cost", "series_uid", "series_description", "series_files", "error",
+    "input", "output", "status", "seconds", "rank", "cost", "series_uid", "series_description", "series_files", "read",
+    "error",
 )  # fmt: skip
 # the final gather waits for the slowest rank, which may be hours behind on a large archive (gloo's default: 30 min)
 _GATHER_TIMEOUT = datetime.timedelta(days=7)
@@ -233,7 +235,7 @@ def _peak_rss_mib() -> float:
 def _record(path: str, target: Path, status: str, rank: int, cost: int, seconds: float = 0.0, **extra) -> dict:
     record = {
         "input": path, "output": str(target), "status": status, "seconds": round(seconds, 3), "rank": rank,
-        "cost": cost, "series_uid": "", "series_description": "", "series_files": 0, "error": "",
+        "cost": cost, "series_uid": "", "series_description": "", "series_files": 0, "read": "", "error": "",
     }  # fmt: skip
     record.update(extra)
     return record
@@ -243,12 +245,14 @@ def _segment_share(args, share: list[tuple[str, Path, int]], rank: int, show_pro
     """Segment this rank's cases; every case gives one record, whatever happens to it."""
     from tqdm import tqdm
 
+    from monai_resunet.inference.cli import check_input, segment_overrides
+
     try:
         segmenter = _RecordingSegmenter.from_bundle(
-            args.bundle, device=_rank_device(args.device), checkpoint=args.checkpoint, **dict(args.override)
+            args.bundle, device=_rank_device(args.device), checkpoint=args.checkpoint, **segment_overrides(args)
         )
     except Exception as e:  # this rank cannot segment anything: its cases are reported, not lost
-        reason = f"rank {rank} could not load the bundle: {failure_reason(e)}"
+        reason = f"rank {rank} could not load the bundle: {failure_reason(e, args.bundle)}"
         print(f"error: {reason}", file=sys.stderr)
         return [_record(p, t, "failed", rank, c, error=reason) for p, t, c in share]
     records = []
@@ -256,13 +260,15 @@ def _segment_share(args, share: list[tuple[str, Path, int]], rank: int, show_pro
         if target.exists() and not args.overwrite:  # written meanwhile (another run on the same folder)
             records.append(_record(path, target, "skipped", rank, cost))
             continue
-        start = time.perf_counter()
+        start, read = time.perf_counter(), ""
         try:
+            read = check_input(Path(path), args.format, getattr(args, "series_uid", None))  # as the CLI: first
+            tqdm.write(f"{path}: {read}", file=sys.stdout)
             segmenter.segment_file(path, target)
         except Exception as e:  # report, go on with the next case
-            seconds = time.perf_counter() - start
-            records.append(_record(path, target, "failed", rank, cost, seconds, error=failure_reason(e)))
-            tqdm.write(f"FAILED {path}: {failure_reason(e, path)}", file=sys.stderr)
+            seconds, reason = time.perf_counter() - start, failure_reason(e, path)
+            records.append(_record(path, target, "failed", rank, cost, seconds, read=read, error=reason))
+            tqdm.write(f"FAILED {path}: {reason}", file=sys.stderr)
             continue
         meta = segmenter.last_meta
         records.append(
@@ -270,7 +276,7 @@ def _segment_share(args, share: list[tuple[str, Path, int]], rank: int, show_pro
                 path, target, "written", rank, cost, time.perf_counter() - start,
                 series_uid=str(meta.get("dicom_series_uid", "") or ""),
                 series_description=str(meta.get("dicom_series_description", "") or ""),
-                series_files=len(meta.get("dicom_files", []) or []),
+                series_files=len(meta.get("dicom_files", []) or []), read=read,
             )
         )  # fmt: skip
     return records
@@ -310,6 +316,9 @@ def run_segment_distributed(args: argparse.Namespace, inputs: list[str], targets
     out_dir = Path(args.output_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if rank == 0:  # before any rank writes: hidden partial files left by a killed run
+            for stale in remove_partial_files(out_dir, targets):
+                logger.info(f"removed {stale}, a partial output of an interrupted run")
         # the ranks size and check a strided part each, then all see the same plan: one header read per case
         # in all, and a resumed run is balanced over what is left
         mine = {}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from monai_resunet.config_flags import add_override_option
 
-__all__ = ["add_segment_parser", "run_segment", "output_name", "output_names"]
+__all__ = ["add_segment_parser", "run_segment", "output_name", "output_names", "segment_overrides", "check_input"]
 
 logger = logging.getLogger("monai_resunet")
 
@@ -48,6 +48,27 @@ def output_names(input_paths: list[Path], fmt: str, postfix: str) -> list[str]:
             )
         seen[name] = path
     return names
+
+
+def segment_overrides(args: argparse.Namespace) -> dict:
+    """The ``inference.json`` overrides a ``segment`` run asks for: ``--override`` entries, and ``--series-uid`` as
+    the bundle's DICOM reader choosing that series from folders."""
+    overrides = dict(args.override)
+    series_uid = getattr(args, "series_uid", None)
+    if series_uid:
+        overrides["image_reader"] = f"$monai_resunet.data.DicomSeriesReader(series_uid={series_uid!r})"
+    return overrides
+
+
+def check_input(path: Path, fmt: str, series_uid: str | None = None) -> str:
+    """Before any inference: one line saying what will be read from ``path`` (the run's record), after checking that
+    it can be read and, for ``dicom-seg``, that a DICOM-SEG can reference it; raises ``ValueError`` otherwise."""
+    from monai_resunet.data.dicom_series import input_summary
+    from monai_resunet.inference.writers import check_dicom_seg_source
+
+    if fmt == "dicom-seg":
+        return check_dicom_seg_source(path, series_uid).summary()
+    return input_summary(path, series_uid)
 
 
 def add_segment_parser(subparsers) -> argparse.ArgumentParser:
@@ -99,10 +120,9 @@ def add_segment_parser(subparsers) -> argparse.ArgumentParser:
 def run_segment(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from monai_resunet.data.dicom_series import input_summary
     from monai_resunet.inference.archive import distributed_requested, read_input_list, run_segment_distributed
     from monai_resunet.inference.segmenter import Segmenter, failure_reason
-    from monai_resunet.inference.writers import check_dicom_seg_source, remove_partial_files
+    from monai_resunet.inference.writers import remove_partial_files
 
     try:
         inputs = list(args.inputs) + (read_input_list(args.input_list) if args.input_list else [])
@@ -114,12 +134,10 @@ def run_segment(args: argparse.Namespace) -> int:
         return 2
     if distributed_requested():  # started by torchrun: this rank's share, one summary from rank 0
         return run_segment_distributed(args, inputs, targets)
-    overrides = dict(args.override)
-    series_uid = getattr(args, "series_uid", None)
-    if series_uid:  # the bundle's DICOM reader picks this series from folders
-        overrides["image_reader"] = f"$monai_resunet.data.DicomSeriesReader(series_uid={series_uid!r})"
     try:
-        segmenter = Segmenter.from_bundle(args.bundle, device=args.device, checkpoint=args.checkpoint, **overrides)
+        segmenter = Segmenter.from_bundle(
+            args.bundle, device=args.device, checkpoint=args.checkpoint, **segment_overrides(args)
+        )
     except Exception as e:  # the bundle itself is unusable: nothing can be segmented
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -137,12 +155,7 @@ def run_segment(args: argparse.Namespace) -> int:
             skipped += 1
             continue
         try:
-            # before any inference: what will be read (one line per input, the run's record), and whether a
-            # DICOM-SEG can reference it
-            if args.format == "dicom-seg":
-                line = check_dicom_seg_source(path, series_uid).summary()
-            else:
-                line = input_summary(path, series_uid)
+            line = check_input(path, args.format, getattr(args, "series_uid", None))  # before any inference
             tqdm.write(f"{path}: {line}", file=sys.stdout)
             segmenter.segment_file(path, target)
             written += 1
