@@ -73,3 +73,32 @@ def run_workflow(bundle: Path, configs: list[str], workflow_type: str, **overrid
     wf.run()
     wf.finalize()
     return wf
+
+
+def tiny_bundle(root: Path) -> Path:
+    """A copy of the 3D bundle with FAST_3D's network written into its inference.json, random (seeded) weights
+    as its model.pt and properties beside them: for tests of the CLI's behaviour, not of accuracy."""
+    import json
+
+    import torch
+    from monai.bundle import ConfigParser
+
+    from monai_resunet.model_properties import write_model_properties
+
+    bundle = copy_bundle("resunet3d_segmentation", root)
+    config = bundle / "configs" / "inference.json"
+    cfg = json.loads(config.read_text())
+    cfg["network_def"]["features"] = FAST_3D["network_def#features"]
+    cfg["network_def"]["encoder_blocks"] = FAST_3D["network_def#encoder_blocks"]
+    config.write_text(json.dumps(cfg, indent=4))
+    write_model_properties(
+        bundle / "models", class_names=["background", "liver", "spleen"], modality="MR",
+        patch_size=FAST_3D["patch_size"], pixdim=FAST_3D["pixdim"],
+    )  # fmt: skip
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    parser["bundle_root"] = str(bundle)
+    torch.manual_seed(0)
+    network = parser.get_parsed_content("network_def")
+    torch.save(network.state_dict(), bundle / "models" / "model.pt")
+    return bundle

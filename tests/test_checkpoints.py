@@ -16,7 +16,12 @@ from monai_resunet.atomic_files import atomic_write_bytes
 from monai_resunet.config_flags import as_bool
 from monai_resunet.engines import BestModelCheckpoint, ResumableCheckpoint
 from monai_resunet.engines import checkpoint as checkpoint_module
-from monai_resunet.model_properties import WeightsMismatchError, file_sha256, read_model_properties
+from monai_resunet.model_properties import (
+    WeightsMismatchError,
+    file_sha256,
+    read_model_properties,
+    write_model_properties,
+)
 from monai_resunet.networks import configure_execution
 
 
@@ -105,6 +110,58 @@ def test_kill_between_the_two_renames_is_detected_and_repaired_on_resume(tmp_pat
     best2.load_state_dict({"best_metric": 0.5, "best_metric_epoch": 1})  # what last_state.pt held
     assert read_model_properties(tmp_path)["weights_sha256"] == file_sha256(models / "model.pt")
     assert not best2.repair_pair()  # a matching pair is left alone
+
+
+def test_segmenter_loads_only_the_model_its_properties_were_written_for(tmp_path, monkeypatch):
+    """A model saved between the config's reading of the properties and the loading of model.pt (MONAI Label
+    training on the bundle being inferred with): a new pair is built from again; model.pt alone is refused."""
+    from conftest import tiny_bundle
+    from monai_resunet.engines.checkpoint import atomic_torch_save
+    from monai_resunet.inference import segmenter as segmenter_module
+    from monai_resunet.inference.segmenter import Segmenter, load_checkpoint
+
+    bundle = tiny_bundle(tmp_path)
+    models = bundle / "models"
+    props = json.loads((models / "model_properties.json").read_text())
+    write_model_properties(models, **props, weights_sha256=file_sha256(models / "model.pt"))
+    old = torch.load(models / "model.pt", weights_only=True)
+    new = {k: v + 1 for k, v in old.items()}
+
+    def saved_meanwhile(replace):  # load_checkpoint, with `replace()` run once just before the first load
+        calls = []
+
+        def load(*args, **kwargs):
+            calls.append(args[1])
+            if len(calls) == 1:
+                replace()
+            return load_checkpoint(*args, **kwargs)
+
+        monkeypatch.setattr(segmenter_module, "load_checkpoint", load)
+        return calls
+
+    def new_pair():  # as BestModelCheckpoint saves: the weights, then the properties with their hash
+        digest = atomic_torch_save(new, models / "model.pt")
+        write_model_properties(models, **{**props, "modality": "CT"}, weights_sha256=digest)
+
+    calls = saved_meanwhile(new_pair)
+    seg = Segmenter.from_bundle(bundle, device="cpu")
+    assert len(calls) == 2  # built again from the new properties
+    assert seg.parser.get_parsed_content("modality") == "CT"
+    assert all(torch.equal(v, new[k]) for k, v in seg.network.state_dict().items())
+
+    saved_meanwhile(lambda: atomic_torch_save(old, models / "model.pt"))  # new weights, no new properties
+    with pytest.raises(WeightsMismatchError, match="model.pt is not the weights file .*model_properties.json"):
+        Segmenter.from_bundle(bundle, device="cpu")
+    with pytest.raises(WeightsMismatchError, match="model.pt is not the weights file .*model_properties.json"):
+        load_checkpoint(seg.network, models / "model.pt", weights_sha256="0" * 64)
+    monkeypatch.undo()
+
+    other = tmp_path / "other.pt"  # an explicit checkpoint is not model.pt: its hash is not model.pt's to match
+    torch.save(new, other)
+    atomic_torch_save(old, models / "model.pt")
+    write_model_properties(models, **props, weights_sha256=file_sha256(models / "model.pt"))
+    seg = Segmenter.from_bundle(bundle, device="cpu", checkpoint=other)
+    assert all(torch.equal(v, new[k]) for k, v in seg.network.state_dict().items())
 
 
 def test_resumed_from_is_logged_by_rank_0_only(tmp_path, caplog):

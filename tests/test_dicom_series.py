@@ -316,11 +316,25 @@ def test_summary_names_the_series_read_and_what_was_skipped(tmp_path):
         read_dicom_series(a.files[0], series_uid="1.2.3")
 
 
-def test_rt_dose_is_not_an_image_to_segment(tmp_path):
-    s = write_series(tmp_path / "dose", n_slices=1)
-    _rewrite(s.files[0], Modality="RTDOSE")
-    with pytest.raises(DicomReadError, match="not an image \\(Modality RTDOSE"):
+def test_rt_dose_empty_and_matrix_less_files_are_refused_with_their_reason(tmp_path):
+    s = write_series(tmp_path / "dose", n_slices=3)
+    _rewrite(s.files[0], Modality="RTDOSE")  # a dose grid has Rows/Columns: refused for its modality
+    with pytest.raises(DicomReadError) as info:
         read_dicom_series(s.files[0])
+    reason = "Modality RTDOSE: a radiotherapy dose grid, not an image series to segment."
+    assert str(info.value) == f"{s.files[0]}: {reason}"
+    ds = pydicom.dcmread(s.files[1])
+    del ds.Rows, ds.Columns, ds.PixelData
+    ds.Modality = "OT"
+    ds.save_as(s.files[1])
+    with pytest.raises(DicomReadError) as info:
+        read_dicom_series(s.files[1])
+    assert str(info.value) == f"{s.files[1]}: not an image (Modality OT, no Rows/Columns)."
+    zero = tmp_path / "zero.dcm"
+    zero.write_bytes(b"")
+    with pytest.raises(DicomReadError) as info:
+        read_dicom_series(zero)
+    assert str(info.value) == f"{zero}: empty file (0 bytes)."
 
 
 REAL_DICOM = Path(os.environ.get("PYDICOM_TEST_FILES", "/tmp/pyd/pydicom/data/test_files"))

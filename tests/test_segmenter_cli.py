@@ -18,9 +18,9 @@ from dicom_synth import AXIAL, write_series
 from monai.data import MetaTensor
 from monai.transforms import LoadImage
 
-from conftest import FAST_2D, FAST_3D, REPO, copy_bundle, run_workflow
+from conftest import FAST_2D, FAST_3D, REPO, copy_bundle, run_workflow, tiny_bundle
 from monai_resunet.config_flags import config_override
-from monai_resunet.inference.cli import output_names
+from monai_resunet.inference.cli import add_segment_parser, output_names
 from monai_resunet.inference.segmenter import CheckpointError, InputImageError, Segmenter
 
 NET_3D = {k: v for k, v in FAST_3D.items() if k.startswith("network_def")}
@@ -164,8 +164,31 @@ def test_failure_reason_names_the_input_once():
     missing = "/data/ct/patient01"
     error = FileNotFoundError(f"{missing}: no such file or folder.")
     assert failure_reason(error, missing) == "no such file or folder."
+    assert failure_reason(error, missing + "/") == "no such file or folder."  # the folder as typed, with a slash
     assert failure_reason(ValueError("first line\nsecond"), "other") == "first line"
     assert failure_reason(RuntimeError()) == "RuntimeError"
+
+
+@pytest.mark.parametrize(
+    "source,raised,reason",
+    [
+        ("/d/a.nii.gz", "/d/a.nii.gz: bad header", "bad header"),  # the reader named the input already
+        ("/d/a.nii", "/d/a.nii.gz: bad header", "/d/a.nii.gz: bad header"),  # another file, whose name contains it
+        ("/d/a.nii.gz", "Empty file: '/d/a.nii.gz'", "Empty file: '/d/a.nii.gz'"),  # named, but not in front
+    ],
+)
+def test_transform_errors_start_with_the_input_once(source, raised, reason):
+    from monai.transforms import Compose
+
+    from monai_resunet.inference.segmenter import _run_transforms, failure_reason
+
+    def reader(data):
+        raise ValueError(raised)
+
+    with pytest.raises(InputImageError) as info:
+        _run_transforms(Compose([reader]), {"image": source}, source=Path(source))
+    assert str(info.value) == f"{source}: {reason}"
+    assert failure_reason(info.value, Path(source)) == reason
 
 
 def test_cli_reports_bad_inputs_and_writes_the_rest(trained, msd_dataset, tmp_path):
@@ -198,6 +221,58 @@ def test_cli_reports_bad_inputs_and_writes_the_rest(trained, msd_dataset, tmp_pa
     # the reason is the reader's, not MONAI's "applying transform <LoadImaged object at 0x...>" wrapper
     assert "applying transform" not in result.stdout and "object at 0x" not in result.stdout
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left behind
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """The 3D bundle with a tiny untrained network: for what the CLI checks and prints, not for accuracy."""
+    return tiny_bundle(tmp_path_factory.mktemp("tiny"))
+
+
+def segment_in_process(bundle: Path, out: Path, *args: str) -> int:
+    """``python -m monai_resunet segment ...`` in this process, so a test can patch what it calls."""
+    parser = argparse.ArgumentParser()
+    add_segment_parser(parser.add_subparsers())
+    parsed = parser.parse_args(["segment", "--bundle", str(bundle), "--device", "cpu", "-o", str(out), *args])
+    return parsed.func(parsed)
+
+
+def record_inference(monkeypatch) -> list:
+    """Replace ``Segmenter.segment_file`` by a recorder: what reaches inference, without running it."""
+    reached: list = []
+    monkeypatch.setattr(Segmenter, "segment_file", lambda self, source, target: reached.append(source))
+    return reached
+
+
+def test_cli_dicom_seg_of_a_non_dicom_input_is_refused_before_inference(tiny, tmp_path, monkeypatch, capsys):
+    nrrd = tmp_path / "scan.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((6, 8, 8), np.float32)), str(nrrd))
+    reached = record_inference(monkeypatch)
+    status = segment_in_process(tiny, tmp_path / "out", "--format", "dicom-seg", str(nrrd))
+    stdout = capsys.readouterr().out
+    assert status == 1 and reached == [], stdout
+    assert f"  failed: {nrrd}: --format dicom-seg needs a DICOM source (" in stdout
+    assert "this input is a .nrrd file" in stdout
+
+
+def test_cli_series_uid_reads_the_requested_series(tiny, tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "study"
+    large = write_series(folder, n_slices=8, rows=20, cols=18, gaps=1.5, orientation=AXIAL, prefix="A", seed=1)
+    small = write_series(folder, n_slices=4, rows=16, cols=14, gaps=1.5, orientation=AXIAL, prefix="B", seed=2,
+                         series_number=2)  # fmt: skip
+    status = segment_in_process(tiny, tmp_path / "out", "--series-uid", small.series_uid, str(folder))
+    stdout = capsys.readouterr().out
+    assert status == 0, stdout
+    assert f"{folder}: series {small.series_uid} 'synthetic series 2' (4 file(s)); skipped 1 other series" in stdout
+    assert nib.load(tmp_path / "out" / "study_seg.nii.gz").shape == (14, 16, 4)  # (columns, rows, slices)
+
+    reached = record_inference(monkeypatch)
+    status = segment_in_process(tiny, tmp_path / "out2", "--series-uid", "1.2.3", str(folder))
+    stdout = capsys.readouterr().out
+    assert status == 1 and reached == [], stdout  # refused before inference
+    line = next(s for s in stdout.splitlines() if s.startswith(f"  failed: {folder}: "))
+    assert line.startswith(f"  failed: {folder}: no series 1.2.3 (--series-uid); the folder holds "), line
+    assert large.series_uid in line and small.series_uid in line
 
 
 def test_unreadable_input_error_names_the_file_and_the_reason(trained, tmp_path):

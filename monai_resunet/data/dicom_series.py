@@ -58,8 +58,19 @@ __all__ = [
 logger = logging.getLogger("monai_resunet")
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
-# Storage objects that carry Rows/Columns but are not images of the patient to segment (an RT dose grid included).
-NON_IMAGE_MODALITIES = ("SEG", "RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "SR", "PR", "KO", "REG")
+# Modalities of objects that are not images of the patient to segment (an RT dose grid has Rows/Columns too), with
+# what they are, for the message that refuses them.
+NON_IMAGE_MODALITIES = {
+    "SEG": "a segmentation",
+    "RTSTRUCT": "radiotherapy structure contours",
+    "RTPLAN": "a radiotherapy plan",
+    "RTDOSE": "a radiotherapy dose grid",
+    "RTRECORD": "a radiotherapy treatment record",
+    "SR": "a structured report",
+    "PR": "a presentation state",
+    "KO": "a key object selection",
+    "REG": "a registration",
+}
 
 # What to pip install to decode a transfer syntax, for the error message (pydicom's ``missing_dependencies`` names
 # plugins and versions, not pip packages).
@@ -244,6 +255,14 @@ def _is_image(ds: Dataset) -> bool:
     return "Rows" in ds and "Columns" in ds and str(ds.get("Modality", "")).upper() not in NON_IMAGE_MODALITIES
 
 
+def _not_an_image(ds: Dataset) -> str:
+    """Why :func:`_is_image` refused ``ds``: its modality (an RT dose grid has Rows/Columns), or no pixel matrix."""
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    if modality in NON_IMAGE_MODALITIES:
+        return f"Modality {modality}: {NON_IMAGE_MODALITIES[modality]}, not an image series to segment."
+    return f"not an image (Modality {modality or '?'}, no Rows/Columns)."
+
+
 @dataclass
 class DicomSeries:
     """One DICOM image volume: its datasets sorted along the slice normal, and its geometry.
@@ -344,7 +363,7 @@ class DicomSeries:
         names = [f or f"{path}[{i}]" for i, f in enumerate(files)]
         for ds, name in zip(datasets, names):
             if not _is_image(ds):
-                raise DicomReadError(f"{name}: not an image (Modality {ds.get('Modality', '?')}, no Rows/Columns).")
+                raise DicomReadError(f"{name}: {_not_an_image(ds)}")
             if int(ds.get("SamplesPerPixel", 1)) != 1:
                 raise DicomReadError(
                     f"{name}: {ds.SamplesPerPixel} samples per pixel ({ds.get('PhotometricInterpretation', '')}); "
@@ -646,6 +665,8 @@ def read_dicom_series(
     if not p.exists():
         raise DicomReadError(f"{p}: no such file or folder.")
     if p.is_file():
+        if p.stat().st_size == 0:  # pydicom's force=True would make an empty dataset of it
+            raise DicomReadError(f"{p}: empty file (0 bytes).")
         candidate, preamble = _looks_like_dicom(str(p))
         if not candidate and p.suffix.lower() not in DICOM_SUFFIXES:
             raise DicomReadError(f"{p}: not a DICOM file (no DICM preamble).")

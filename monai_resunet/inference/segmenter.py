@@ -9,9 +9,12 @@ Works for 3D sliding-window bundles and 2D slice-wise bundles alike (the inferer
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import os
 import pickle
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +24,13 @@ from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from monai.transforms import Compose
 
-from monai_resunet.model_properties import read_model_properties
+from monai_resunet.model_properties import (
+    PROPERTIES_FILE,
+    WEIGHTS_HASH_KEY,
+    WeightsMismatchError,
+    check_weights_pair,
+    read_model_properties,
+)
 
 __all__ = [
     "Segmenter",
@@ -34,23 +43,48 @@ __all__ = [
 
 logger = logging.getLogger("monai_resunet")
 
+# times Segmenter.from_bundle builds the bundle again when model.pt changed under it (0.2 s apart)
+_LOAD_RETRIES = 5
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable, unsafe (pickled code) or does not fit the network."""
 
 
-def load_checkpoint(network: torch.nn.Module, path: str | os.PathLike, map_location="cpu") -> None:
+def load_checkpoint(
+    network: torch.nn.Module, path: str | os.PathLike, map_location="cpu", weights_sha256: str | None = None
+) -> None:
     """Load ``path`` into ``network`` with ``torch.load(weights_only=True)``.
 
     A plain ``state_dict`` and MONAI ``CheckpointSaver`` files (``{"model": state_dict}``, or the bundle's
     ``last_state.pt`` with ``"network"``) are accepted. A file carrying arbitrary pickled objects is refused
     without running them; a file that does not fit the network says which keys or shapes differ.
+
+    Args:
+        network: the module to load the weights into.
+        path: the checkpoint file.
+        map_location: as in ``torch.load``.
+        weights_sha256: the SHA-256 the bytes must have (``model_properties.json``'s ``weights_sha256`` for the
+            bundle's ``model.pt``): :class:`~monai_resunet.model_properties.WeightsMismatchError` when they differ,
+            i.e. another model was saved after the properties were read. ``None``: no check.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; train the bundle first or pass checkpoint=...")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        data = path.read_bytes()  # read once: the bytes hashed are the bytes loaded
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({e.strerror or e}).") from None
+    if weights_sha256 is not None and hashlib.sha256(data).hexdigest() != weights_sha256:
+        properties = path.parent / PROPERTIES_FILE
+        raise WeightsMismatchError(
+            f"{path} is not the weights file {properties} was written for ({WEIGHTS_HASH_KEY} differs from the "
+            "SHA-256 of the file loaded): a training run saved a new model while the bundle was being loaded, or "
+            "one of the two files was replaced by hand. Load the bundle again, or restore both files together; if "
+            f"you replaced model.pt on purpose, delete {properties} or its '{WEIGHTS_HASH_KEY}' entry."
+        )
+    try:
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refused: the checkpoint holds pickled objects other than tensors and plain containers, "
@@ -99,10 +133,14 @@ def transform_error_cause(error: BaseException) -> BaseException:
 
 def failure_reason(error: BaseException, path: str | os.PathLike | None = None) -> str:
     """The first line of ``error`` for a per-input report line, without a leading ``"<path>: "`` (the report names
-    the input already)."""
+    the input already; ``path`` as given or as ``Path`` spells it, e.g. without a trailing slash)."""
     reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-    prefix = f"{path}: "
-    return reason[len(prefix) :] if path is not None and reason.startswith(prefix) else reason
+    if path is None:
+        return reason
+    for prefix in dict.fromkeys((f"{os.fspath(path)}: ", f"{Path(path)}: ")):
+        if reason.startswith(prefix):
+            return reason[len(prefix) :]
+    return reason
 
 
 def _run_transforms(chain: Compose, data: dict, source: str | os.PathLike) -> dict:
@@ -111,9 +149,9 @@ def _run_transforms(chain: Compose, data: dict, source: str | os.PathLike) -> di
     except Exception as e:
         cause = transform_error_cause(e)
         reason = str(cause) or type(cause).__name__
-        # readers usually name the file already; say which input it was otherwise
-        message = reason if str(source) in reason else f"{source}: {reason}"
-        raise InputImageError(message) from cause
+        # every message starts with the input, once (failure_reason strips it for a per-input report line)
+        prefix = f"{source}: "
+        raise InputImageError(reason if reason.startswith(prefix) else prefix + reason) from cause
 
 
 class Segmenter:
@@ -184,6 +222,29 @@ class Segmenter:
         config = bundle / "configs" / config_file
         if not config.is_file():
             raise FileNotFoundError(f"{config}: no such bundle config; is {bundle} a bundle folder?")
+        weights = Path(checkpoint) if checkpoint is not None else bundle / "models" / "model.pt"
+        attempt = 0
+        while True:
+            segmenter, expected = cls._parse(bundle, config, weights, device, overrides)
+            try:
+                load_checkpoint(segmenter.network, weights, map_location=segmenter.device, weights_sha256=expected)
+                return segmenter
+            except WeightsMismatchError:
+                attempt += 1
+                if attempt > _LOAD_RETRIES:
+                    raise
+                time.sleep(0.2)  # a training run saved a new pair meanwhile: build again from the new properties
+
+    @classmethod
+    def _parse(
+        cls, bundle: Path, config: Path, weights: Path, device: str | torch.device | None, overrides: dict
+    ) -> tuple[Segmenter, str | None]:
+        """The segmenter built from the config (no weights loaded yet), and the SHA-256 ``weights`` must have: the
+        one the bundle's properties record when ``weights`` is its ``models/model.pt``, else ``None``."""
+        models = bundle / "models"
+        own_model = weights.resolve() == (models / "model.pt").resolve()
+        # read before the config reads the properties: weights saved after this cannot match it
+        expected = check_weights_pair(models).get(WEIGHTS_HASH_KEY) if own_model else None
         parser = ConfigParser()
         parser.read_config(str(config))
         meta = bundle / "configs" / "metadata.json"
@@ -194,9 +255,7 @@ class Segmenter:
             parser["device"] = torch.device(device)
         for key, value in overrides.items():
             parser[key] = value
-        segmenter = cls(parser, bundle)
-        load_checkpoint(segmenter.network, checkpoint or bundle / "models" / "model.pt", map_location=segmenter.device)
-        return segmenter
+        return cls(parser, bundle), expected
 
     def _prepare(self, image, affine: np.ndarray | None) -> dict:
         if isinstance(image, (str, os.PathLike)):

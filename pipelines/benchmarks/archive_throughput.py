@@ -4,8 +4,8 @@
 Reports per configuration: wall time of the command (process start to exit), the time inside the segmentation
 (from the run summary), cases per minute of wall time (start-up included, as a user waits for it), peak resident
 memory per process; and checks that the multi-process outputs are voxel-identical to a plain single-process run
-with the same threads per process, and how many voxels change with the thread count alone. The bundle is trained on the demo data for ``--train-epochs`` first (0: random
-weights).
+with the same threads per process, and how many voxels change with the thread count alone. The bundle is trained
+on the demo data for ``--train-epochs`` first (0: random weights).
 
     python -m pipelines.benchmarks.archive_throughput --work /tmp/archive_bench --processes 2
 """
