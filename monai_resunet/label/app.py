@@ -14,7 +14,7 @@ GitHub, NGC or Hugging Face at start-up.
 - ``modalities``: with a DICOMweb ``--studies`` URL, the modalities whose series are listed (default ``CT,MR``).
 
 With a DICOMweb ``--studies`` URL (a PACS), the datastore is ``dicomweb.ResUNetDICOMWebDatastore``: clear errors
-for unreadable series and saved labels stored as DICOM-SEG with the model's class names and SNOMED CT codes. dcmqi
+for unreadable series and saved labels stored as DICOM-SEG with the model's class names and codes (as the CLI's). dcmqi
 (``itkimage2segimage``, from PyPI's ``dcmqi`` in the venv) is put on PATH so MONAI Label does not download it.
 
 A bundle without ``models/model.pt`` is served for training only; its inference answers HTTP 409 with the reason
@@ -123,10 +123,11 @@ class ResUNetLabelApp(MONAILabelApp):
             datastore.configure(self.modalities, self.seg_classes)
         return datastore
 
-    def seg_classes(self, model: str | None = None) -> tuple[str, list[str]]:
-        """``(bundle name, class names)`` of ``model`` (default: the first bundle) for a saved DICOM-SEG."""
+    def seg_classes(self, model: str | None = None) -> tuple[str, list[str], dict | None]:
+        """``(bundle name, class names, class codes)`` of ``model`` (default: the first bundle) for a saved SEG."""
         name = model if model in self.bundles else next(iter(self.bundles))
-        return name, list(read_model_properties(self.bundles[name], "class_names") or [])
+        props = read_model_properties(self.bundles[name])
+        return name, list(props.get("class_names") or []), props.get("class_codes")
 
     # tasks ------------------------------------------------------------------------------------------------------
 

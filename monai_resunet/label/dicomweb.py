@@ -8,8 +8,8 @@
   422, each naming the series and the reason (MONAI Label answers a bare 500 otherwise); the failed download is
   removed from the cache so a corrected series is fetched again.
 - **DICOM-SEG with class names and codes**: a saved final label (``PUT /datastore/label``) is stored in the PACS as
-  a DICOM-SEG whose segments carry the model's class names and SNOMED CT codes (``seg_codes``), not MONAI Label's
-  "unknown" placeholders.
+  a DICOM-SEG whose segments carry the model's class names and codes (``seg_codes``: the codes the CLI's DICOM-SEG
+  writer gives), not MONAI Label's "unknown" placeholders. OHIF's raw ``label.bin`` is put on the image's grid first.
 - **SEG back to label values by class name**: dcmqi numbers segments 1, 2, ... in the order written and MONAI Label
   reads segment numbers back as label values, so a SEG holding only class 2 would train as class 1; labels read
   from the PACS for training are mapped back through the segments' names to the model's class values.
@@ -131,10 +131,12 @@ class ResUNetDICOMWebDatastore(DICOMWebDatastore):
     """
 
     modalities: Sequence[str] = ("CT", "MR")
-    classes_of: Callable[[str | None], tuple[str, list[str]]] | None = None
+    classes_of: Callable[[str | None], tuple[str, list[str], dict | None]] | None = None
 
-    def configure(self, modalities: Sequence[str], classes_of: Callable[[str | None], tuple[str, list[str]]]) -> None:
-        """``modalities`` to list; ``classes_of(model or None)`` gives ``(model name, class names)`` for the SEG."""
+    def configure(
+        self, modalities: Sequence[str], classes_of: Callable[[str | None], tuple[str, list[str], dict | None]]
+    ) -> None:
+        """``modalities`` to list; ``classes_of(model or None)`` gives ``(model name, class names, class codes)``."""
         self.modalities = tuple(m.strip().upper() for m in modalities if m.strip())
         self.classes_of = classes_of
 
@@ -228,7 +230,7 @@ class ResUNetDICOMWebDatastore(DICOMWebDatastore):
         converted = ""
         if label_tag == DefaultLabelTag.FINAL and self.classes_of is not None:
             if "".join(pathlib.Path(label_filename).suffixes) == ".bin":  # OHIF's raw label: put it on the grid
-                converted = label_filename = binary_to_image(self.get_image_uri(image_id), label_filename)
+                converted = label_filename = self._binary_to_image(image_id, label_filename)
             label_info = dict(label_info or {})
             label_info["label_info"] = self._segment_info(label_filename, label_info)
         try:
@@ -237,15 +239,29 @@ class ResUNetDICOMWebDatastore(DICOMWebDatastore):
             if converted and os.path.exists(converted):
                 os.unlink(converted)
 
+    def _binary_to_image(self, image_id: str, label_filename: str) -> str:
+        """OHIF's ``label.bin`` (one uint8 per voxel of the image MONAI Label converted, x fastest) as a NIfTI on the
+        image's grid; a file of another size answers HTTP 422 with both sizes (MONAI Label answers a bare 500)."""
+        image_uri = self.get_image_uri(image_id)
+        shape = tuple(int(n) for n in nib.load(image_uri).shape[:3])
+        size = os.path.getsize(label_filename)
+        if size != int(np.prod(shape)):
+            raise HTTPException(
+                status_code=422,
+                detail=f"series {image_id}: the raw label holds {size} bytes; the image has {shape} = "
+                f"{int(np.prod(shape))} voxels (one uint8 per voxel, x fastest)",
+            )
+        return binary_to_image(image_uri, label_filename)
+
     def _segment_info(self, label_filename: str, params: dict[str, Any]) -> list[dict]:
         """``label_info`` for MONAI Label's SEG writer: one entry per label value present (its reading order),
         named and coded from the model's classes; entries the client gave with a ``segmentAttribute`` are kept."""
         given = params.get("label_info") or []
         model = params.get("model") or next((i.get("model_name") for i in given if isinstance(i, dict)), None)
-        model_name, class_names = self.classes_of(model)
+        model_name, class_names, class_codes = self.classes_of(model)
         # a copy, not GetArrayViewFromImage: a view of the temporary image reads freed memory once it is collected
         values = [int(v) for v in np.unique(sitk.GetArrayFromImage(sitk.ReadImage(label_filename))) if v != 0]
-        info = segment_attributes(class_names, values, model_name)
+        info = segment_attributes(class_names, values, model_name, class_codes)
         by_id = {
             int(i["segmentAttribute"]["labelID"]): i
             for i in given

@@ -307,6 +307,15 @@ def start_label(
 # commands
 
 
+def _stop_all_best_effort(workdir: Path, timeout: float) -> None:
+    """Stop every service of ``workdir``, reporting failures instead of raising (cleanup after a failed ``up``)."""
+    for name in SERVICES:
+        try:
+            print(f"{name}: {stop_process(_pid_file(workdir, name), timeout)}", file=sys.stderr)
+        except Exception as e:
+            print(f"{name}: cleanup failed: {e}", file=sys.stderr)
+
+
 def up(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir).resolve()
     dicom_dir = Path(args.dicom_dir).resolve() if args.dicom_dir else None
@@ -339,11 +348,10 @@ def up(args: argparse.Namespace) -> int:
             print(f"MONAI Label app written to {app}")
         conf = {"preload": "false"}
         label_url, _ = start_label(workdir, f"{orthanc_url}/dicom-web", Path(args.label_venv), models, args.port, conf)
-    except Exception as e:
-        print(f"error: {e}", file=sys.stderr)
-        for name in SERVICES:
-            stop_process(_pid_file(workdir, name), args.timeout)
-        return 1
+    except BaseException as e:
+        print(f"error: {e}; stopping what was started", file=sys.stderr)
+        _stop_all_best_effort(workdir, args.timeout)
+        raise
     state = {
         "orthanc": orthanc_url,
         "dicomweb": f"{orthanc_url}/dicom-web",
