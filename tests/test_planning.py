@@ -242,8 +242,10 @@ def test_slice_plan_keeps_the_slices_maps_mirroring_and_sizes_a_2d_patch():
     assert "volume axis 1: not mirrored" in axial["reasons"]["mirror_axes"]["1"]
     coronal = slice_plan(plan, slice_axis=1, network=SMALL_NET)
     assert coronal["pixdim"] == [0.8, -1.0, 4.0] and coronal["mirror_axes"] == [0, 1]  # volume axes x and z
-    small = slice_plan(plan, slice_axis=2, network=SMALL_NET, memory_gib=2e-4)  # about 200 KiB
-    assert all(p % 8 == 0 for p in small["patch_size"]) and small["patch_size"] < axial["patch_size"]
+    small = slice_plan(plan, slice_axis=2, network=SMALL_NET, memory_gib=2e-3)  # 2 MiB for 2 slices
+    assert all(p % 8 == 0 for p in small["patch_size"]) and np.prod(small["patch_size"]) < np.prod([304, 256])
+    step = slice_plan(plan, slice_axis=2, network=SMALL_NET, memory_gib=2e-3, slices_per_step=8)  # for 8 slices
+    assert all(p % 8 == 0 for p in step["patch_size"]) and np.prod(step["patch_size"]) < np.prod(small["patch_size"])
     assert slice_plan({}, slice_axis=2) == {}  # no plan: the configs keep their fixed values
     levels = slice_plan({**plan, "statistics": {"median_resampled_shape": [30.0, 40.0, 9.0]}}, 2)
     assert levels["num_levels"] == 3 and levels["patch_size"] == [32, 40]  # 5 levels would pad 30 px to 128

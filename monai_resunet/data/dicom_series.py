@@ -70,6 +70,7 @@ NON_IMAGE_MODALITIES = {
     "PR": "a presentation state",
     "KO": "a key object selection",
     "REG": "a registration",
+    "DOC": "an encapsulated document",
 }
 
 # What to pip install to decode a transfer syntax, for the error message (pydicom's ``missing_dependencies`` names
@@ -252,7 +253,8 @@ def _is_mosaic(ds: Dataset) -> bool:
 
 
 def _is_image(ds: Dataset) -> bool:
-    return "Rows" in ds and "Columns" in ds and str(ds.get("Modality", "")).upper() not in NON_IMAGE_MODALITIES
+    modality = str(ds.get("Modality", "") or "").strip().upper()
+    return "Rows" in ds and "Columns" in ds and modality not in NON_IMAGE_MODALITIES
 
 
 def _not_an_image(ds: Dataset) -> str:

@@ -277,16 +277,17 @@ def _onto_source_grid(arr: np.ndarray, label_affine: np.ndarray, series: DicomSe
 PRIVATE_SCHEME = "99RESUNET"
 
 # DICOM CID 7191-7198: the segmented property types of each category of CID 7150 (the pairs DCMQI and highdicom
-# use); a type's category is the one whose list holds its code
+# use); a type's category is the one whose list holds its code. The category codes are DICOM's current ones, kept
+# here so they do not depend on the pydicom release (pydicom 2 still has the retired 123037004 for anatomy)
 _CATEGORY_CIDS = {
-    7191: "Tissue",
-    7192: "AnatomicalStructure",
-    7193: "PhysicalObject",
-    7194: "MorphologicallyAbnormalStructure",
-    7195: "Function",
-    7196: "SpatialAndRelationalConcept",
-    7197: "BodySubstance",
-    7198: "Substance",
+    7191: ("85756007", "Tissue"),
+    7192: ("91723000", "Anatomical Structure"),
+    7193: ("260787004", "Physical object"),
+    7194: ("49755003", "Morphologically Abnormal Structure"),
+    7195: ("246464006", "Function"),
+    7196: ("309825002", "Spatial and Relational Concept"),
+    7197: ("91720002", "Body Substance"),
+    7198: ("105590001", "Substance"),
 }
 _ANATOMY_CIDS = (4, 8134)  # anatomic regions / structures outside the segmentation lists (e.g. Bone)
 
@@ -316,10 +317,17 @@ def _sct_code(keyword: str) -> Any | None:
         return None
 
 
+def _category(cid: int) -> Any:
+    """The CID 7150 category whose segmented property types are listed in ``cid`` (7191-7198)."""
+    from pydicom.sr.coding import Code
+
+    value, meaning = _CATEGORY_CIDS[cid]
+    return Code(value, "SCT", meaning)
+
+
 def _category_of(type_code: Any) -> Any | None:
     """The CID 7150 category of a SNOMED CT type code, from the CID it is listed in; ``None`` when unlisted."""
     from pydicom.sr._cid_dict import cid_concepts
-    from pydicom.sr.codedict import codes
 
     def listed(cid: int) -> bool:
         keywords = cid_concepts.get(cid, {}).get("SCT", [])
@@ -327,11 +335,11 @@ def _category_of(type_code: Any) -> Any | None:
 
     if type_code.scheme_designator != "SCT":
         return None
-    for cid, category in _CATEGORY_CIDS.items():
+    for cid in _CATEGORY_CIDS:
         if listed(cid):
-            return getattr(codes.cid7150, category)
+            return _category(cid)
     if any(listed(cid) for cid in _ANATOMY_CIDS):
-        return codes.cid7150.AnatomicalStructure
+        return _category(7192)
     return None
 
 
@@ -397,9 +405,9 @@ def segment_codes(
         type_code = _sct_type(str(name))
         category = _category_of(type_code) if type_code is not None else None
         if type_code is None:
-            category, type_code = codes.cid7150.PhysicalObject, Code(str(int(value)), PRIVATE_SCHEME, str(name)[:64])
+            category, type_code = _category(7193), Code(str(int(value)), PRIVATE_SCHEME, str(name)[:64])
         elif category is None:  # a SNOMED CT type missing from pydicom's (older) CID lists: still coded as such
-            category = codes.cid7150.PhysicalObject
+            category = _category(7193)
         out[int(value)] = (category, type_code)
     return out
 

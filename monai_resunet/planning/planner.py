@@ -55,9 +55,10 @@ DEFAULT_NETWORK: dict[str, Any] = {
 }
 # the 2D bundle's network (``resunet2d_segmentation/configs/train.json`` network_def) without its channels
 DEFAULT_NETWORK_2D: dict[str, Any] = {
-    **{k: v for k, v in DEFAULT_NETWORK.items() if k != "upsample"},
+    **DEFAULT_NETWORK,
     "features": (32, 64, 128, 256, 512),
     "encoder_blocks": (1, 2, 2, 2, 2),
+    "upsample": "nontrainable",
 }
 # on a CPU the step time, not the memory, limits training: a budget of training activations that keeps the patch
 # near the 64³–96³ the bundle trains with on CPU (2 patches of about 80³ for the default network)
@@ -195,8 +196,10 @@ def _levels_and_patch(
     budget: float,
     max_levels: int,
     stem_stride: int,
+    patches: int = 2,
 ) -> tuple[list[int], int, list[int]]:
-    """Patch (multiple of the network's divisor on every axis), levels, and the voxels at the bottom level."""
+    """Patch (multiple of the network's divisor on every axis) of which ``patches`` fit the budget, levels, and the
+    voxels at the bottom level."""
     shape = [max(1.0, float(s)) for s in median_shape]
     levels = max_levels
     while levels > 2 and MIN_BOTTOM * stem_stride * 2 ** (levels - 1) > MAX_PAD_FRACTION * min(shape):
@@ -204,8 +207,8 @@ def _levels_and_patch(
     divisor = stem_stride * 2 ** (levels - 1)
     smallest = MIN_BOTTOM * divisor
     patch = [max(smallest, int(math.ceil(s / divisor)) * divisor) for s in shape]
-    # shrink the physically longest axis (relative to its spacing) one divisor step at a time until two patches fit
-    while 2 * math.prod(patch) * bytes_per_voxel > budget:
+    # shrink the physically longest axis (relative to its spacing) one divisor step at a time until the patches fit
+    while patches * math.prod(patch) * bytes_per_voxel > budget:
         candidates = [a for a in range(len(patch)) if patch[a] - divisor >= smallest]
         if not candidates:
             break
@@ -337,11 +340,12 @@ def slice_plan(
     network: dict | None = None,
     num_classes: int = 2,
     memory_gib: float | None = None,
+    slices_per_step: int = 2,
 ) -> dict[str, Any]:
     """The data set's plan (:func:`plan_dataset`) for a slice-wise 2D network: the same normalisation, the in-plane
     target spacing with the slices at their own spacing, the in-plane mirroring axes (as 2D axes), and a 2D patch
-    and number of levels from the median in-plane shape and the memory budget. ``{}`` for an empty plan (a config
-    then keeps its fixed values).
+    and number of levels from the median in-plane shape and the memory budget, which must hold the slices of one
+    training step. ``{}`` for an empty plan (a config then keeps its fixed values).
 
     Args:
         plan: the 3D plan (``resunet_plan.json``), or ``{}``.
@@ -349,10 +353,11 @@ def slice_plan(
         network: 2D ``ResUNet`` arguments the patch is sized for (default :data:`DEFAULT_NETWORK_2D`).
         num_classes: output channels, for the memory probe.
         memory_gib: training-activation budget (default: the one the plan was made with).
+        slices_per_step: 2D patches in one training step (the bundle's ``batch_size × num_samples``).
 
     Example (the 2D bundle's ``train.json``)::
 
-        "slice_plan": "$monai_resunet.planning.slice_plan(@plan, @slice_axis)"
+        "slice_plan": "$monai_resunet.planning.slice_plan(@plan, @slice_axis, num_classes=@num_classes, ...)"
     """
     if not plan:
         return {}
@@ -370,7 +375,8 @@ def slice_plan(
         budget_reason = f"the plan's budget, {budget / 2**30:.3g} GiB"
     stem = int(kwargs.get("stem_stride", 1))
     max_levels = len(kwargs["features"])
-    patch, levels, bottom = _levels_and_patch(shape, [pixdim[a] for a in in_plane], bpp, budget, max_levels, stem)
+    spacing = [pixdim[a] for a in in_plane]
+    patch, levels, bottom = _levels_and_patch(shape, spacing, bpp, budget, max_levels, stem, slices_per_step)
     mirror = [k for k, a in enumerate(in_plane) if a in plan.get("mirror_axes", [0, 1, 2])]
     reasons = plan.get("reasons", {})
     axis_reasons = reasons.get("mirror_axes", {})
@@ -388,7 +394,8 @@ def slice_plan(
                 str(k): f"volume axis {a}: {axis_reasons.get(str(a), 'as planned')}" for k, a in enumerate(in_plane)
             },
             "patch_size": f"the median in-plane shape {[round(s) for s in shape]} at the target spacing, rounded to "
-            f"the 2D network's divisor {stem * 2 ** (levels - 1)} and shrunk until 2 slices fit the memory budget "
+            f"the 2D network's divisor {stem * 2 ** (levels - 1)} and shrunk until the {slices_per_step} slices of "
+            "a training step fit the memory budget "
             f"({budget_reason}; {bpp:.0f} bytes of training activations per pixel, measured on the network)",
             "num_levels": f"{levels} of the 2D network's {max_levels} levels (bottom level {bottom} pixels, "
             f"≥ {MIN_BOTTOM}, without padding the smaller in-plane axis more than {MAX_PAD_FRACTION:g}×)",
