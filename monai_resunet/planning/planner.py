@@ -61,8 +61,9 @@ DEFAULT_NETWORK_2D: dict[str, Any] = {
     "upsample": "nontrainable",
 }
 # on a CPU the step time, not the memory, limits training: a budget of training activations that keeps the patch
-# near the 64³–96³ the bundle trains with on CPU (2 patches of about 80³ for the default network)
-CPU_MEMORY_BUDGET_GIB = 0.125
+# near the 64³ the bundle trains with on CPU (2 patches of 64³ for the default network): larger patches cost
+# steps that a CPU training budget does not have (docs/planning.md)
+CPU_MEMORY_BUDGET_GIB = 0.0625
 GPU_MEMORY_FRACTION = 0.5  # of the device's memory: room for the optimiser, cuDNN workspaces and fragmentation
 ANISOTROPY_RATIO = 3.0  # nnU-Net: max/min median spacing at or above this is anisotropic
 MIN_BOTTOM = 4  # voxels per axis at the network's lowest level
