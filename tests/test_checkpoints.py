@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -238,3 +239,28 @@ def test_execution_flags_from_the_command_line_are_not_truthy_strings():
     assert hasattr(configure_execution(torch.nn.Linear(2, 1), "cpu", cpu_bf16="true"), "_resunet_bf16_hooks")
     with pytest.raises(ValueError, match="boolean"):
         configure_execution(torch.nn.Linear(2, 1), "cpu", cpu_bf16="flase")
+
+
+def test_history_of_an_epoch_is_written_before_the_checkpoint_that_counts_it(tmp_path):
+    """Both bundles attach ``TrainingCurves`` before ``ResumableCheckpoint``: a kill between the two writes at the end
+    of an epoch leaves that epoch in ``history.json`` (the resumed run keeps the epochs its checkpoint counts)."""
+    from monai_resunet.engines import TrainingCurves
+
+    for bundle in ("resunet3d_segmentation", "resunet2d_segmentation"):
+        config = json.loads((Path(__file__).parents[1] / "bundles" / bundle / "configs" / "train.json").read_text())
+        names = [h["_target_"].rsplit(".", 1)[-1] for h in config["train"]["handlers"]]
+        assert names.index("TrainingCurves") < names.index("ResumableCheckpoint"), bundle
+
+    def run(epochs: int, restored_epoch: int = 0) -> list[int]:
+        engine = Engine(lambda e, b: {"loss": torch.tensor(float(e.state.epoch))})
+        TrainingCurves(str(tmp_path)).attach(engine)
+        if restored_epoch:  # what ResumableCheckpoint does on STARTED, attached after TrainingCurves
+            engine.add_event_handler(Events.STARTED, lambda e: setattr(e.state, "epoch", restored_epoch))
+        engine.run([0, 1], max_epochs=epochs)
+        return [h["epoch"] for h in json.loads((tmp_path / "history.json").read_text())]
+
+    assert run(2) == [1, 2]
+    history = json.loads((tmp_path / "history.json").read_text())
+    (tmp_path / "history.json").write_text(json.dumps(history + [{"epoch": 3, "loss": 9.0}]))  # killed after it
+    assert run(4, restored_epoch=2) == [1, 2, 3, 4]  # epoch 3 redone: one entry each, epochs 1-2 kept
+    assert json.loads((tmp_path / "history.json").read_text())[2]["loss"] != 9.0

@@ -54,9 +54,14 @@ class TrainingCurves:
         self.filename = filename
         self.history: list[dict] = []
         self._losses: list[float] = []
+        self._pending_resume = False
 
     def attach(self, engine: Engine) -> None:
+        # the history of a resumed run is read at its first epoch, after ResumableCheckpoint restored the epoch
+        # (on STARTED); this handler comes before the checkpoint in the list, so an epoch's entry is written before
+        # the checkpoint that counts it as done, and a kill between the two loses nothing
         engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._resumed)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration)
         # after ValidationHandler (attached earlier in the handler list) has run the evaluator for this epoch
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch)
@@ -67,10 +72,15 @@ class TrainingCurves:
         return self.output_dir / "history.json"
 
     def _started(self, engine: Engine) -> None:
-        self.history = []
-        if engine.state.epoch > 0 and self.history_path.is_file():  # resumed: keep the epochs already done
+        self.history, self._pending_resume = [], True
+
+    def _resumed(self, engine: Engine) -> None:
+        if not self._pending_resume:
+            return
+        self._pending_resume = False
+        if engine.state.epoch > 1 and self.history_path.is_file():  # resumed: keep the epochs already done
             old = json.loads(self.history_path.read_text())
-            self.history = [h for h in old if h["epoch"] <= engine.state.epoch]
+            self.history = [h for h in old if h["epoch"] < engine.state.epoch]
 
     def _iteration(self, engine: Engine) -> None:
         output = engine.state.output
