@@ -102,3 +102,14 @@ def tiny_bundle(root: Path) -> Path:
     network = parser.get_parsed_content("network_def")
     torch.save(network.state_dict(), bundle / "models" / "model.pt")
     return bundle
+
+
+def segment_args(bundle: Path, out: Path, *args: str):
+    """``segment --bundle BUNDLE --device cpu -o OUT ARGS...`` as the CLI's own parser reads it."""
+    import argparse
+
+    from monai_resunet.inference.cli import add_segment_parser
+
+    parser = argparse.ArgumentParser()
+    add_segment_parser(parser.add_subparsers())
+    return parser.parse_args(["segment", "--bundle", str(bundle), "--device", "cpu", "-o", str(out), *args])

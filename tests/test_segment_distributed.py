@@ -17,7 +17,7 @@ import torch
 from dicom_synth import AXIAL, write_series
 from monai.bundle import ConfigParser
 
-from conftest import FAST_3D, REPO, copy_bundle
+from conftest import FAST_3D, REPO, copy_bundle, segment_args
 from monai_resunet.config_flags import config_override
 from monai_resunet.data import DEMO_CLASS_NAMES, make_demo_dataset
 from monai_resunet.inference.archive import balanced_shares, case_cost, read_input_list
@@ -147,18 +147,10 @@ def test_two_ranks_match_one_process_with_one_summary_and_resume(tiny, tmp_path)
 
 def test_a_rank_checks_each_input_before_inference(tiny, tmp_path, monkeypatch, capsys):
     """A rank's share goes through the CLI's checks first: ``--format dicom-seg`` on a NIfTI fails without any
-    inference, naming the input once; a readable input gets its "what was read" line."""
-    import argparse
-
+    inference, naming the input once."""
     from monai_resunet.inference import archive
-    from monai_resunet.inference.cli import add_segment_parser
 
-    parser = argparse.ArgumentParser()
-    add_segment_parser(parser.add_subparsers())
-    args = parser.parse_args(
-        ["segment", "--bundle", str(tiny["bundle"]), "-o", str(tmp_path), "--device", "cpu", "--format", "dicom-seg",
-         *NET_OPTIONS]
-    )  # fmt: skip
+    args = segment_args(tiny["bundle"], tmp_path, "--format", "dicom-seg", *NET_OPTIONS)
     monkeypatch.setattr(archive._RecordingSegmenter, "segment_file", lambda *a, **k: pytest.fail("inference ran"))
     case = tiny["cases"][0]
     records = archive._segment_share(args, [(str(case), tmp_path / "case_seg.dcm", 1)], rank=0, show_progress=False)

@@ -18,9 +18,9 @@ from dicom_synth import AXIAL, write_series
 from monai.data import MetaTensor
 from monai.transforms import LoadImage
 
-from conftest import FAST_2D, FAST_3D, REPO, copy_bundle, run_workflow, tiny_bundle
+from conftest import FAST_2D, FAST_3D, REPO, copy_bundle, run_workflow, segment_args, tiny_bundle
 from monai_resunet.config_flags import config_override
-from monai_resunet.inference.cli import add_segment_parser, output_names
+from monai_resunet.inference.cli import output_names
 from monai_resunet.inference.segmenter import CheckpointError, InputImageError, Segmenter
 
 NET_3D = {k: v for k, v in FAST_3D.items() if k.startswith("network_def")}
@@ -231,9 +231,7 @@ def tiny(tmp_path_factory) -> Path:
 
 def segment_in_process(bundle: Path, out: Path, *args: str) -> int:
     """``python -m monai_resunet segment ...`` in this process, so a test can patch what it calls."""
-    parser = argparse.ArgumentParser()
-    add_segment_parser(parser.add_subparsers())
-    parsed = parser.parse_args(["segment", "--bundle", str(bundle), "--device", "cpu", "-o", str(out), *args])
+    parsed = segment_args(bundle, out, *args)
     return parsed.func(parsed)
 
 

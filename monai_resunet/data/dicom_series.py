@@ -252,14 +252,17 @@ def _is_mosaic(ds: Dataset) -> bool:
     return "MOSAIC" in image_type
 
 
+def _modality(ds: Dataset) -> str:
+    return str(ds.get("Modality", "") or "").strip().upper()
+
+
 def _is_image(ds: Dataset) -> bool:
-    modality = str(ds.get("Modality", "") or "").strip().upper()
-    return "Rows" in ds and "Columns" in ds and modality not in NON_IMAGE_MODALITIES
+    return "Rows" in ds and "Columns" in ds and _modality(ds) not in NON_IMAGE_MODALITIES
 
 
 def _not_an_image(ds: Dataset) -> str:
     """Why :func:`_is_image` refused ``ds``: its modality (an RT dose grid has Rows/Columns), or no pixel matrix."""
-    modality = str(ds.get("Modality", "") or "").strip().upper()
+    modality = _modality(ds)
     if modality in NON_IMAGE_MODALITIES:
         return f"Modality {modality}: {NON_IMAGE_MODALITIES[modality]}, not an image series to segment."
     return f"not an image (Modality {modality or '?'}, no Rows/Columns)."

@@ -39,7 +39,7 @@ from monailabel.datastore.utils.convert import binary_to_image
 from monailabel.interfaces.datastore import DefaultLabelTag
 from pydicom.dataset import Dataset
 
-from monai_resunet.data.dicom_series import NON_IMAGE_MODALITIES as _NON_IMAGE_MODALITIES
+from monai_resunet.data.dicom_series import NON_IMAGE_MODALITIES  # never listed as images to segment
 from monai_resunet.label.seg_codes import segment_attributes
 
 __all__ = [
@@ -51,8 +51,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-NON_IMAGE_MODALITIES = frozenset(_NON_IMAGE_MODALITIES)  # never listed as images to segment
 
 
 def check_series_files(series_dir: str | os.PathLike) -> None:
